@@ -1,0 +1,196 @@
+"""The run configuration: one typed dataclass, validated before any expensive work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+Algo = Literal["rapid", "grpg", "grpo"]
+EngineName = Literal["auto", "hf", "vllm"]
+KernelBackend = Literal["auto", "triton", "cuda", "cpp", "torch"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class RapidConfig:
+    # --- algorithm -----------------------------------------------------------------------------------------------
+    algo: Algo = "rapid"
+    """rapid: off-policy steps with truncated IS + weighted group baseline; grpg: on-policy group PG (H = 1,
+    w ≡ 1); grpo: PPO-clip per-token ratio, std-normalised advantages, token-mean loss."""
+    group_size: int = 8
+    """K completions sampled per prompt; a group shares the baseline."""
+    prompts_per_rollout: int = 64
+    """Prompts per generation call (the large inference batch)."""
+    prompts_per_step: int = 8
+    """Prompts per optimizer step; H = prompts_per_rollout / prompts_per_step steps per rollout."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward (gradient accumulation); a multiple of group_size. None: the whole step."""
+    num_rollouts: int = 10
+    """Outer iterations (generate once, then H optimizer steps)."""
+    eta: float = 2.0
+    """Truncation level η of the importance weight."""
+    baseline: Literal["loo", "mean"] = "loo"
+    """Group baseline: leave-one-out (unbiased without clipping) or the mean over the group."""
+    is_level: Literal["sequence", "token", "geometric"] = "sequence"
+    """Importance ratio level: sequence product (paper), per-token, or geometric mean (length-independent)."""
+    is_clip: Literal["truncate", "mask", "none"] = "truncate"
+    """truncate: min(w, η); mask: drop sequences with w > η; none: pure importance sampling."""
+    adv_scale: Literal["none", "std"] = "none"
+    """Divide advantages by the group's reward std (+1e-6)."""
+    grpo_clip_eps: float = 0.2
+    """PPO clip ε for algo="grpo"."""
+    behavior_logprobs: Literal["engine", "recompute"] = "engine"
+    """log μ from the engine (no extra pass) or recomputed by the trainer before the first step (exact)."""
+    loss_norm: float | None = None
+    """Constant divisor of the sequence log-prob sum; None: max_new_tokens."""
+
+    # --- optimisation --------------------------------------------------------------------------------------------
+    lr: float = 1e-5
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping by global norm; None disables it."""
+
+    # --- sampling ------------------------------------------------------------------------------------------------
+    max_new_tokens: int = 256
+    """Completion length limit."""
+    max_prompt_tokens: int | None = None
+    """Prompts longer than this raise a ValueError before training; None: the model's context minus
+    max_new_tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; the behaviour log-probs are those of the tempered distribution."""
+    top_p: float = 1.0
+    """Nucleus sampling; < 1 makes engine log-probs those of the truncated distribution."""
+
+    # --- systems -------------------------------------------------------------------------------------------------
+    engine: EngineName = "auto"
+    """Generation engine: vllm when importable (auto), else HF generate."""
+    kernel_backend: KernelBackend = "auto"
+    """rapid_kernels backend for the training loss."""
+    dtype: DType = "auto"
+    """Training dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, ~30 % more compute)."""
+    gpu_memory_utilization: float = 0.35
+    """vLLM: fraction of GPU memory for weights + KV cache while awake (the trainer uses the rest)."""
+    max_model_len: int | None = None
+    """vLLM: context length; None: prompt limit + max_new_tokens."""
+    enforce_eager: bool = False
+    """vLLM: disable CUDA graphs (faster start, slower decode)."""
+    sleep_level: Literal[1, 2] = 2
+    """vLLM sleep level: 2 discards weights (re-pushed each rollout), 1 keeps a CPU copy."""
+
+    # --- bookkeeping ---------------------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of torch, python and the engine's sampler."""
+    output_dir: str | None = None
+    """Where metrics.jsonl, profile.json and checkpoints go; None: no files."""
+    save_every: int = 0
+    """Checkpoint every this many rollouts (0: only at the end and on interrupt)."""
+    resume: bool = False
+    """Continue from the last checkpoint in output_dir."""
+    eval_every: int = 0
+    """Evaluate on the eval dataset every this many rollouts (0: only before and after)."""
+    tensorboard: bool = False
+    """Also log metrics to TensorBoard under output_dir."""
+    extra: dict = field(default_factory=dict)
+    """Free-form settings recorded with the run (task name, notes)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        positive_ints = ("group_size", "prompts_per_rollout", "prompts_per_step", "num_rollouts", "max_new_tokens")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts_per_rollout % self.prompts_per_step:
+            raise ValueError(f"prompts_per_rollout ({self.prompts_per_rollout}) must be divisible by "
+                             f"prompts_per_step ({self.prompts_per_step})")
+        if self.algo == "grpg" and self.prompts_per_step != self.prompts_per_rollout:
+            raise ValueError(f"algo='grpg' is on-policy (one step per rollout): prompts_per_step "
+                             f"({self.prompts_per_step}) must equal prompts_per_rollout ({self.prompts_per_rollout})")
+        if self.baseline == "loo" and self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 with baseline='loo', got {self.group_size}")
+        if self.micro_batch_size is not None:
+            step_seqs = self.prompts_per_step * self.group_size
+            if self.micro_batch_size < 1 or self.micro_batch_size % self.group_size:
+                raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must be a positive multiple of "
+                                 f"group_size ({self.group_size}): a micro-batch holds whole groups")
+            if self.micro_batch_size > step_seqs:
+                raise ValueError(f"micro_batch_size ({self.micro_batch_size}) exceeds the sequences per step "
+                                 f"({step_seqs} = prompts_per_step * group_size)")
+        for name in ("eta", "lr", "temperature"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.grpo_clip_eps < 1:
+            raise ValueError(f"grpo_clip_eps must be in (0, 1), got {self.grpo_clip_eps}")
+        if not 0 < self.gpu_memory_utilization < 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+        if self.loss_norm is not None and (not math.isfinite(self.loss_norm) or self.loss_norm <= 0):
+            raise ValueError(f"loss_norm must be finite and > 0, got {self.loss_norm}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.save_every < 0 or self.eval_every < 0:
+            raise ValueError("save_every and eval_every must be >= 0")
+        if self.resume and not self.output_dir:
+            raise ValueError("resume=True needs output_dir (where the checkpoints are)")
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """H: optimizer steps per rollout."""
+        return self.prompts_per_rollout // self.prompts_per_step
+
+    @property
+    def effective_loss_norm(self) -> float:
+        return float(self.loss_norm if self.loss_norm is not None else self.max_new_tokens)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RapidConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _check_types(cfg: RapidConfig) -> None:
+    """Literal choices and basic types, each error naming the field."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if not _matches(value, hint):
+            raise ValueError(f"{f.name} must be {_describe(hint)}, got {value!r}")
+
+
+def _matches(value: object, hint: object) -> bool:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_matches(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: object) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if origin is not None and get_args(hint):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,0 +1,74 @@
+"""rapid_kernels: fused log-prob and RAPID-loss ops with interchangeable backends.
+
+Public ops (DESIGN.md section 2), each taking ``backend="auto" | "triton" | "cuda" | "cpp" | "torch"``:
+
+- ``token_logprobs(logits, targets, temperature=1.0)``                       -> (N,) float32
+- ``linear_token_logprobs(hidden, weight, targets, temperature=1.0, bias=None)`` -> (N,) float32
+- ``rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, ...)`` -> RapidLossOutput
+- ``fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size, ...)``
+
+``auto`` picks the fastest backend available for the tensors' device: on CUDA Triton, else the CUDA extension;
+on CPU the C++ extension, else the eager reference. float64 inputs always use the reference. Importing this
+package never touches a GPU and never compiles anything.
+"""
+
+from __future__ import annotations
+
+from . import _validate, reference
+from ._dispatch import available_backends, resolve_backend
+from .reference import RapidLossOutput
+
+__all__ = [
+    "RapidLossOutput",
+    "available_backends",
+    "fused_rapid_loss",
+    "linear_token_logprobs",
+    "rapid_loss",
+    "reference",
+    "resolve_backend",
+    "token_logprobs",
+]
+
+
+def token_logprobs(logits, targets, temperature: float = 1.0, *, backend: str = "auto"):
+    """Per-token log-prob of ``targets`` under softmax(logits / temperature). Returns (N,) float32."""
+    _validate.check_backend(backend)
+    _validate.check_token_logprobs(logits, targets, temperature)
+    impl = resolve_backend(backend, "token_logprobs", logits)
+    return impl(logits, targets, float(temperature))
+
+
+def linear_token_logprobs(hidden, weight, targets, temperature: float = 1.0, bias=None, *, backend: str = "auto"):
+    """log softmax((hidden @ weightᵀ + bias) / T)[targets] without materialising the (N, V) logits."""
+    _validate.check_backend(backend)
+    _validate.check_linear_token_logprobs(hidden, weight, targets, temperature, bias)
+    impl = resolve_backend(backend, "linear_token_logprobs", hidden)
+    return impl(hidden, weight, targets, float(temperature), bias)
+
+
+def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size: int, eta: float = 2.0,
+               baseline: str = "loo", loss_norm: float = 1.0, is_level: str = "sequence",
+               is_clip: str = "truncate", adv_scale: str = "none", *, backend: str = "auto") -> RapidLossOutput:
+    """Sequence importance ratio, η clip, importance-weighted group baseline and policy-gradient loss.
+
+    See ``reference.rapid_loss`` for the exact estimator; every backend matches it.
+    """
+    _validate.check_backend(backend)
+    _validate.check_rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline,
+                               loss_norm, is_level, is_clip, adv_scale)
+    impl = resolve_backend(backend, "rapid_loss", token_logprobs, is_level=is_level)
+    return impl(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, float(eta), baseline,
+                float(loss_norm), is_level, is_clip, adv_scale)
+
+
+def fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size: int,
+                     eta: float = 2.0, baseline: str = "loo", loss_norm: float = 1.0, is_level: str = "sequence",
+                     is_clip: str = "truncate", adv_scale: str = "none", temperature: float = 1.0, bias=None, *,
+                     backend: str = "auto") -> RapidLossOutput:
+    """lm_head + token log-probs + RAPID loss in one op: hidden states in, loss out, no (N, V) tensor."""
+    _validate.check_backend(backend)
+    _validate.check_fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size,
+                                     eta, baseline, loss_norm, is_level, is_clip, adv_scale, temperature, bias)
+    impl = resolve_backend(backend, "fused_rapid_loss", hidden, is_level=is_level)
+    return impl(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size, float(eta), baseline,
+                float(loss_norm), is_level, is_clip, adv_scale, float(temperature), bias)
