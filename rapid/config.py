@@ -45,6 +45,9 @@ class RapidConfig:
     """log μ from the engine (no extra pass) or recomputed by the trainer before the first step (exact)."""
     loss_norm: float | None = None
     """Constant divisor of the sequence log-prob sum; None: max_new_tokens."""
+    adaptive_h: bool = False
+    """Choose H (steps per rollout) each rollout from the importance weights' ESS / clip fraction and the measured
+    phase times; prompts_per_rollout is then the largest rollout (rapid.adaptive.AdaptiveH)."""
 
     # --- optimisation --------------------------------------------------------------------------------------------
     lr: float = 1e-5
