@@ -1,0 +1,67 @@
+"""Offline arithmetic: prompts like ``"12+7="``, reward 1 for the exact answer. No downloads, any tokenizer.
+
+The difficulty knob sets the operand size and the operations:
+
+    difficulty 1: a+b,       a, b < 10
+    difficulty 2: a+b,       a, b < 100
+    difficulty 3: a+b, a-b,  a, b < 100   (a-b may be negative)
+    difficulty 4: a+b, a-b,  a, b < 1000
+    difficulty 5: a+b, a-b, a*b, a, b < 100
+
+``digits`` / ``ops`` override the table. Train and eval problems are disjoint.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .base import Task
+
+DIFFICULTIES: dict[int, tuple[int, str]] = {1: (1, "+"), 2: (2, "+"), 3: (2, "+-"), 4: (3, "+-"), 5: (2, "+-*")}
+
+
+def _answer(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def arithmetic_reward(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """1.0 when the completion (surrounding whitespace stripped) is exactly the answer, else 0.0."""
+    return [1.0 if c.strip() == str(a) else 0.0 for c, a in zip(completions, answer)]
+
+
+def make_problems(n: int, digits: int, ops: str, rng: random.Random, exclude: set[str] = frozenset()) -> list[dict]:
+    """n distinct problems (fewer when the space is smaller), none in ``exclude``."""
+    hi = 10 ** digits
+    space = hi * hi * len(ops)
+    n = min(n, space - len(exclude))
+    seen: set[str] = set()
+    rows = []
+    while len(rows) < n:
+        a, b, op = rng.randrange(hi), rng.randrange(hi), rng.choice(ops)
+        prompt = f"{a}{op}{b}="
+        if prompt in seen or prompt in exclude:
+            continue
+        seen.add(prompt)
+        rows.append({"prompt": prompt, "answer": str(_answer(a, op, b))})
+    return rows
+
+
+def make_arithmetic_task(difficulty: int = 2, n_train: int = 2000, n_eval: int = 200, seed: int = 0,
+                         digits: int | None = None, ops: str | None = None) -> Task:
+    """The arithmetic task at a difficulty level (see the module docstring); eval problems never appear in train."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty}")
+    d_digits, d_ops = DIFFICULTIES[difficulty]
+    digits, ops = digits or d_digits, ops or d_ops
+    if digits < 1 or not ops or set(ops) - set("+-*"):
+        raise ValueError(f"digits must be >= 1 and ops a non-empty subset of '+-*', got {digits}, {ops!r}")
+    if n_train < 1 or n_eval < 0:
+        raise ValueError(f"n_train must be >= 1 and n_eval >= 0, got {n_train}, {n_eval}")
+    rng = random.Random(seed)
+    eval_rows = make_problems(n_eval, digits, ops, rng)
+    train_rows = make_problems(n_train, digits, ops, rng, exclude={r["prompt"] for r in eval_rows})
+    longest_answer = max(len(str(_answer(a, op, b))) for a in (0, 10**digits - 1) for b in (0, 10**digits - 1)
+                         for op in ops)
+    return Task(name="arithmetic", train=train_rows, eval=eval_rows, reward_fn=arithmetic_reward,
+                description=f"exact-match arithmetic, {digits}-digit operands, ops {ops!r}",
+                max_new_tokens=longest_answer + 2)
