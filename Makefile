@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(PY) -m rapid.demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	RAPID_REQUIRE_VLLM=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu -q

@@ -71,8 +71,9 @@ def check_targets(targets: object, n: int, vocab: int, ref_name: str) -> None:
 def check_token_logprobs(logits: object, targets: object, temperature: float) -> None:
     x = _tensor("logits", logits, 2, FLOAT_DTYPES)
     _positive_finite("temperature", temperature)
+    _tensor("targets", targets, 1, INDEX_DTYPES)
+    _same_device("logits", x, targets=targets)  # before check_targets reads the data
     check_targets(targets, x.shape[0], x.shape[1], "logits")
-    _same_device("logits", x, targets=targets)
 
 
 def check_linear_token_logprobs(hidden: object, weight: object, targets: object, temperature: float,
@@ -88,8 +89,9 @@ def check_linear_token_logprobs(hidden: object, weight: object, targets: object,
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"bias must have V = {w.shape[0]} entries, got {b.shape[0]}")
     _positive_finite("temperature", temperature)
+    _tensor("targets", targets, 1, INDEX_DTYPES)
+    _same_device("hidden", h, weight=w, targets=targets, bias=bias)  # before check_targets reads the data
     check_targets(targets, h.shape[0], w.shape[0], "hidden")
-    _same_device("hidden", h, weight=w, targets=targets, bias=bias)
 
 
 def check_rapid_loss(token_logprobs: object, behavior_logprobs: object, rewards: object, cu_seqlens: object,
