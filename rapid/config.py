@@ -99,6 +99,12 @@ class RapidConfig:
     """Evaluate on the eval dataset every this many rollouts (0: only before and after)."""
     tensorboard: bool = False
     """Also log metrics to TensorBoard under output_dir."""
+    keep_checkpoints: int = 2
+    """How many of the most recent checkpoints to keep (older ones are deleted after a successful save)."""
+    max_train_seconds: float | None = None
+    """Stop after this much training wall-clock (eval and checkpoint time excluded); None: run all rollouts."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar with live reward and throughput."""
     extra: dict = field(default_factory=dict)
     """Free-form settings recorded with the run (task name, notes)."""
 
@@ -138,6 +144,10 @@ class RapidConfig:
             raise ValueError(f"loss_norm must be finite and > 0, got {self.loss_norm}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            raise ValueError(f"max_train_seconds must be > 0 or None, got {self.max_train_seconds}")
         if self.save_every < 0 or self.eval_every < 0:
             raise ValueError("save_every and eval_every must be >= 0")
         if self.resume and not self.output_dir:

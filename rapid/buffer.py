@@ -1,0 +1,111 @@
+"""Rollout → rewards → whole-group mini-batches (one optimizer step each) → micro-batches (gradient accumulation).
+
+A rollout holds G groups of K completions (completion i belongs to prompt i // K). The H mini-batches of a rollout
+are disjoint sets of whole groups, drawn by a seeded shuffle; each mini-batch is split into micro-batches of
+``micro_batch_size`` sequences (whole groups again), each with its completion tokens packed (``cu_seqlens``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .algorithms import PackedBatch
+from .engines.base import Rollout
+
+
+@dataclass
+class MicroBatch:
+    prompt_ids: list[list[int]]        # S prompts (repeated per completion)
+    completion_ids: list[list[int]]    # S completions
+    batch: PackedBatch                 # targets / behaviour log-probs (N,), rewards (S,), cu_seqlens (S+1,)
+    seq_index: list[int]               # positions of these sequences in the rollout
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt + completion tokens run through the model."""
+        return sum(len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids))
+
+
+def score(reward_fn: Callable, rollout: Rollout, rows: list[dict]) -> tuple[list[float], int]:
+    """Rewards of every completion; ``None`` (a failed reward) becomes 0.0 and is counted as an error.
+
+    ``rows`` are the dataset rows of the rollout's prompts; their non-prompt columns are repeated per completion and
+    passed to ``reward_fn`` as keyword lists.
+    """
+    n = rollout.n
+    prompts = [p for p in rollout.prompts for _ in range(n)]
+    columns = {k: [row[k] for row in rows for _ in range(n)] for k in rows[0] if k != "prompt"} if rows else {}
+    raw = reward_fn(prompts, rollout.completions, **columns)
+    check_rewards(raw, len(prompts))
+    rewards = [0.0 if r is None else float(r) for r in raw]
+    return rewards, sum(r is None for r in raw)
+
+
+def check_rewards(raw: object, expected: int) -> None:
+    """reward_fn must return a list of numbers (or None) of the right length: else ValueError naming it."""
+    try:
+        values = list(raw)                                        # type: ignore[call-overload]
+    except TypeError as err:
+        raise ValueError(f"reward_fn must return a list of floats, got {type(raw).__name__}") from err
+    if len(values) != expected:
+        raise ValueError(f"reward_fn returned {len(values)} rewards for {expected} completions")
+    for i, r in enumerate(values):
+        if r is None:
+            continue
+        if isinstance(r, bool) or not isinstance(r, (int, float)) and not (
+                isinstance(r, torch.Tensor) and r.numel() == 1):
+            raise ValueError(f"reward_fn returned a non-number at index {i}: {r!r} (use None for a failed reward)")
+        if not math.isfinite(float(r)):
+            raise ValueError(f"reward_fn returned a non-finite reward at index {i}: {r!r}")
+
+
+class RolloutBuffer:
+    def __init__(self, rollout: Rollout, rewards: list[float], group_size: int) -> None:
+        if len(rewards) != len(rollout.completion_ids) or len(rewards) % group_size:
+            raise ValueError(f"{len(rewards)} rewards do not form whole groups of {group_size}")
+        self.rollout = rollout
+        self.group_size = group_size
+        self.rewards = rewards
+        self.behavior = list(rollout.logprobs)   # (len_i,) fp32 each; replaced by ``set_behavior`` on recompute
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.rewards) // self.group_size
+
+    def set_behavior(self, logprobs: list[torch.Tensor]) -> None:
+        self.behavior = [lp.detach().float().cpu() for lp in logprobs]
+
+    def minibatches(self, num_steps: int, seed: int) -> list[list[int]]:
+        """``num_steps`` disjoint lists of group indices, after a seeded shuffle of the groups."""
+        if self.num_groups % num_steps:
+            raise ValueError(f"{self.num_groups} groups cannot be split into {num_steps} equal mini-batches")
+        order = list(range(self.num_groups))
+        random.Random(seed).shuffle(order)
+        per = self.num_groups // num_steps
+        return [order[i * per:(i + 1) * per] for i in range(num_steps)]
+
+    def micro_batches(self, groups: list[int], micro_batch_size: int | None, device: torch.device) -> list[MicroBatch]:
+        """Split a mini-batch into micro-batches of whole groups (``micro_batch_size`` sequences each)."""
+        per = len(groups) if micro_batch_size is None else max(1, micro_batch_size // self.group_size)
+        return [self.pack(groups[i:i + per], device) for i in range(0, len(groups), per)]
+
+    def pack(self, groups: list[int], device: torch.device) -> MicroBatch:
+        k = self.group_size
+        seqs = [g * k + j for g in groups for j in range(k)]
+        r = self.rollout
+        completions = [r.completion_ids[s] for s in seqs]
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.long)
+        cu = torch.zeros(len(seqs) + 1, dtype=torch.long)
+        cu[1:] = torch.cumsum(lengths, 0)                                                 # (S+1,)
+        targets = torch.tensor([t for c in completions for t in c], dtype=torch.long)     # (N,)
+        behavior = torch.cat([self.behavior[s] for s in seqs]) if seqs else torch.zeros(0)  # (N,)
+        batch = PackedBatch(targets=targets.to(device), behavior_logprobs=behavior.float().to(device),
+                            rewards=torch.tensor([self.rewards[s] for s in seqs], dtype=torch.float32, device=device),
+                            cu_seqlens=cu.to(device))
+        return MicroBatch(prompt_ids=[r.prompt_ids[s // k] for s in seqs], completion_ids=completions, batch=batch,
+                          seq_index=seqs)

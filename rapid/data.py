@@ -1,0 +1,102 @@
+"""Dataset and reward-function checks (run before any expensive work) and the seeded prompt order."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Callable
+
+from .buffer import check_rewards
+
+
+def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
+    """A list of dicts with a string ``"prompt"`` and the same columns in every row, or a ValueError naming it."""
+    if dataset is None:
+        raise ValueError(f"{name} is None")
+    if hasattr(dataset, "to_list"):                       # datasets.Dataset
+        rows = dataset.to_list()
+    elif isinstance(dataset, dict):
+        raise ValueError(f"{name} must be a sequence of dicts (rows), not a dict of columns")
+    else:
+        try:
+            rows = list(dataset)                          # type: ignore[call-overload]
+        except TypeError as err:
+            raise ValueError(f"{name} must be a sequence of dicts, got {type(dataset).__name__}") from err
+    if not rows:
+        raise ValueError(f"{name} is empty")
+    keys = None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{name}[{i}] must be a dict, got {type(row).__name__}")
+        if "prompt" not in row:
+            raise ValueError(f"{name}[{i}] has no 'prompt' column (columns: {sorted(row)})")
+        if not isinstance(row["prompt"], str) or not row["prompt"]:
+            raise ValueError(f"{name}[{i}]['prompt'] must be a non-empty string, got {row['prompt']!r}")
+        if keys is None:
+            keys = set(row)
+        elif set(row) != keys:
+            raise ValueError(f"{name}[{i}] has columns {sorted(row)}, but {name}[0] has {sorted(keys)}")
+    return rows
+
+
+def check_columns(rows: list[dict], reward_fn: Callable, name: str = "dataset") -> None:
+    """Every non-prompt column must be a parameter of reward_fn (or it takes **kwargs), and vice versa."""
+    if not callable(reward_fn):
+        raise ValueError(f"reward_fn must be callable, got {type(reward_fn).__name__}")
+    try:
+        params = list(inspect.signature(reward_fn).parameters.values())
+    except (TypeError, ValueError):
+        return                                            # builtins / C callables: nothing to check
+    columns = [k for k in rows[0] if k != "prompt"]
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise ValueError("reward_fn must accept (prompts, completions, **columns)")
+    unknown = [c for c in columns if c not in named] if not takes_kwargs else []
+    if unknown:
+        raise ValueError(f"{name} has unknown column(s) {unknown}: reward_fn takes neither them nor **kwargs")
+    first_two = {p.name for p in positional[:2]}
+    required = [p.name for p in params if p.default is p.empty and p.name not in first_two
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [r for r in required if r not in columns]
+    if missing:
+        raise ValueError(f"reward_fn requires column(s) {missing} that {name} does not have")
+
+
+def probe_reward(reward_fn: Callable, rows: list[dict]) -> None:
+    """Call reward_fn once on two empty completions: wrong length / non-numbers fail before any generation."""
+    sample = rows[:2]
+    columns = {k: [row[k] for row in sample] for k in sample[0] if k != "prompt"}
+    out = reward_fn([row["prompt"] for row in sample], [""] * len(sample), **columns)
+    check_rewards(out, len(sample))
+
+
+def check_prompt_lengths(rows: list[dict], tokenizer, limit: int, name: str = "dataset") -> None:
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows])["input_ids"]]
+    worst = max(range(len(rows)), key=lengths.__getitem__)
+    if lengths[worst] > limit:
+        raise ValueError(f"{name}[{worst}]['prompt'] is {lengths[worst]} tokens, longer than the prompt limit "
+                         f"{limit} (max_prompt_tokens, or the model context minus max_new_tokens)")
+
+
+class PromptSampler:
+    """Epochs of seeded permutations; ``consumed`` (checkpointed) says where the next rollout starts."""
+
+    def __init__(self, rows: list[dict], seed: int, consumed: int = 0) -> None:
+        self.rows, self.seed, self.consumed = rows, seed, consumed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            order = list(range(len(self.rows)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._perms = {epoch: order}
+        return self._perms[epoch]
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        for i in range(self.consumed, self.consumed + n):
+            out.append(self.rows[self._perm(i // len(self.rows))[i % len(self.rows)]])
+        self.consumed += n
+        return out

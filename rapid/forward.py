@@ -1,0 +1,152 @@
+"""The training forward: last hidden states at the positions that predict completion tokens, never full logits.
+
+Sequences (prompt + completion) are packed into one row with position ids restarting at 0 per sequence and no
+attention mask; transformers (5.x ``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal
+causal mask from the position ids, so no padding is computed on. ``check_packing`` verifies this numerically on
+the actual model once at start-up; where it does not hold the trainer falls back to right-padded batches with an
+attention mask (``padded_hidden``), reading only real positions.
+
+The hidden states (N, D) of the positions predicting the N completion tokens go with the lm_head weight to
+``algorithms.loss_from_hidden`` (the fused kernel). Heads that are not a plain linear layer (logit soft-capping)
+take the logits path: lm_head → soft-cap → ``rapid_kernels.token_logprobs`` → ``algorithms.loss_from_logprobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import rapid_kernels
+
+from . import algorithms
+from .algorithms import LossResult, PackedBatch
+from .config import RapidConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelParts:
+    """The pieces of a causal LM the loss needs: the decoder stack and the output head."""
+
+    base: torch.nn.Module            # decoder: input_ids → last hidden states (B, T, D)
+    lm_head: torch.nn.Module         # (D → V)
+    softcap: float | None = None     # final_logit_softcapping, if the model has one
+    packed: bool = True              # packed forward verified (else right-padded batches)
+    logits_path: bool = False        # use lm_head + token_logprobs instead of the fused kernel
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.lm_head.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.lm_head, "bias", None)
+
+
+def model_parts(model: torch.nn.Module) -> ModelParts:
+    """Split a (possibly peft-wrapped) causal LM into decoder and head."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft: LoRA stays injected
+    head = causal_lm.get_output_embeddings()
+    base = getattr(causal_lm, "model", None)
+    if base is None or not isinstance(base, torch.nn.Module):
+        base = causal_lm.get_decoder()
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    logits_path = softcap is not None or not isinstance(head, torch.nn.Linear)
+    if logits_path:
+        logger.warning("the output head is not a plain linear layer (soft-capping=%s, head=%s): using the logits "
+                       "path (lm_head + token_logprobs), which materialises (N, V) logits", softcap,
+                       type(head).__name__)
+    return ModelParts(base=base, lm_head=head, softcap=softcap, logits_path=logits_path)
+
+
+def _completion_positions(prompt_lens: list[int], completion_lens: list[int], starts: list[int]) -> torch.Tensor:
+    """Indices (in the flattened token axis) of the positions whose next token is a completion token."""
+    idx = [torch.arange(s + p - 1, s + p + c - 1) for s, p, c in zip(starts, prompt_lens, completion_lens)]
+    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
+
+
+def packed_hidden(base: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                  device: torch.device) -> torch.Tensor:
+    """(N, D) hidden states predicting each completion token, from one packed row without padding."""
+    seqs = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    input_ids = torch.tensor([t for s in seqs for t in s], device=device).unsqueeze(0)              # (1, T)
+    position_ids = torch.cat([torch.arange(len(s)) for s in seqs]).to(device).unsqueeze(0)           # (1, T)
+    hidden = base(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (1, T, D)
+    starts, offset = [], 0
+    for s in seqs:
+        starts.append(offset)
+        offset += len(s)
+    idx = _completion_positions([len(p) for p in prompt_ids], [len(c) for c in completion_ids], starts)
+    return hidden[0].index_select(0, idx.to(device))                                                 # (N, D)
+
+
+def padded_hidden(base: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                  device: torch.device, pad_id: int = 0) -> torch.Tensor:
+    """(N, D) as ``packed_hidden``, from right-padded rows with an attention mask (the fallback)."""
+    seqs = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], device=device)          # (S, W)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)         # (S, W)
+    hidden = base(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state       # (S, W, D)
+    starts = [i * width for i in range(len(seqs))]
+    idx = _completion_positions([len(p) for p in prompt_ids], [len(c) for c in completion_ids], starts)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx.to(device))                      # (N, D)
+
+
+def completion_hidden(parts: ModelParts, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      device: torch.device) -> torch.Tensor:
+    fn = packed_hidden if parts.packed else padded_hidden
+    return fn(parts.base, prompt_ids, completion_ids, device)
+
+
+@torch.no_grad()
+def check_packing(base: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
+    """Does a packed forward equal separate forwards on this model / transformers version? (tiny, once)"""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, vocab_size, (5,), generator=gen).tolist()
+    b = torch.randint(0, vocab_size, (7,), generator=gen).tolist()
+    was_training = base.training
+    base.eval()
+    try:
+        packed = packed_hidden(base, [a[:2], b[:3]], [a[2:], b[3:]], device)                         # (7, D)
+        sep = torch.cat([packed_hidden(base, [p], [c], device) for p, c in ((a[:2], a[2:]), (b[:3], b[3:]))])
+    finally:
+        base.train(was_training)
+    err = (packed.float() - sep.float()).abs().max().item()
+    scale = sep.float().abs().max().item() + 1e-6
+    ok = err <= 1e-3 * scale if packed.dtype == torch.float32 else err <= 3e-2 * scale
+    if not ok:
+        logger.warning("packed forward differs from unpacked (max err %.3g): falling back to right-padded batches",
+                       err)
+    return ok
+
+
+def token_logprobs(cfg: RapidConfig, parts: ModelParts, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 log π(y_t) under the tempered distribution, by whichever path the head allows."""
+    if parts.logits_path:
+        return rapid_kernels.token_logprobs(_logits(parts, hidden), targets, cfg.temperature,
+                                            backend=cfg.kernel_backend)
+    return rapid_kernels.linear_token_logprobs(hidden, parts.weight, targets, cfg.temperature, parts.bias,
+                                               backend=cfg.kernel_backend)
+
+
+def _logits(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor:
+    logits = parts.lm_head(hidden)                                                                   # (N, V)
+    if parts.softcap:
+        logits = torch.tanh(logits / parts.softcap) * parts.softcap
+    return logits
+
+
+def micro_batch_loss(cfg: RapidConfig, parts: ModelParts, prompt_ids: list[list[int]],
+                     completion_ids: list[list[int]], batch: PackedBatch, device: torch.device) -> LossResult:
+    """Forward one micro-batch (whole groups) and return its policy loss."""
+    hidden = completion_hidden(parts, prompt_ids, completion_ids, device)                           # (N, D)
+    if parts.logits_path:
+        lp = token_logprobs(cfg, parts, hidden, batch.targets)                                       # (N,)
+        return algorithms.loss_from_logprobs(cfg, batch, lp)
+    if hidden.dtype != parts.weight.dtype:
+        hidden = hidden.to(parts.weight.dtype)
+    return algorithms.loss_from_hidden(cfg, batch, hidden, parts.weight, parts.bias)
