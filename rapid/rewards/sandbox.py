@@ -157,24 +157,20 @@ class _UidSlot:
 
 
 def _proc_owner_and_session(pid: str) -> tuple[int, int, str] | None:
-    """(real uid, session id, state) of a process, or None if it is gone."""
+    """(real uid, session id, state) of a process from /proc/PID/status, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
     except OSError:
         return None
-    uid = state = None
+    fields = {}
     for line in status.splitlines():
-        if line.startswith("Uid:"):
-            uid = int(line.split()[1])
-        elif line.startswith("State:"):
-            state = line.split()[1]
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
-    if uid is None or state is None:
+        key, _, value = line.partition(":")
+        if key in ("Uid", "State", "NSsid"):
+            fields[key] = value.split()
+    if len(fields) < 3:
         return None
-    return uid, int(fields[3]), state
+    return int(fields["Uid"][0]), int(fields["NSsid"][0]), fields["State"][0]
 
 
 def leftover_pids(uid: int | None, session: int | None) -> list[int]:
@@ -226,6 +222,8 @@ def _remove_files_of(uid: int) -> None:
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
+            except FileNotFoundError:  # removed meanwhile by its owner (another process's temp entry)
+                continue
             except OSError as exc:
                 logger.warning("sandbox: could not remove %s: %s", entry.path, exc)
 
