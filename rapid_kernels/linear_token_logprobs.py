@@ -23,10 +23,11 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-BLOCK_M, BLOCK_N = 64, 128          # logits tile (rows, vocab); a vocab tile boundary is at V = BLOCK_N
+BLOCK_M, BLOCK_N = 64, 128          # logits tile (rows, vocab) under the interpreter; BLOCK_N is fixed everywhere
+ROW_ALIGN = 128                      # backward row chunks are multiples of every BLOCK_M used
 TILES_PER_SPLIT = 32                 # vocab tiles per forward program: the split is 4096 vocab entries
 DZ_BUDGET_BYTES = 128 * 2**20        # bound on the backward's d-logits chunk
-_DW_SLAB = 32768                     # vocab rows per fp32 d-weight accumulation GEMM (bounds its temporary)
+_DW_SLAB = 16384                     # vocab rows per fp32 d-weight accumulation GEMM (bounds its temporary)
 
 
 @triton.jit
@@ -103,12 +104,32 @@ def _linear_token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, targets_ptr, lse_ptr,
     tl.store(out, dz.to(dz_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < V)[None, :])
 
 
+def _cuda_configs() -> list:
+    """Tile shapes tried once per (V, D, dtypes) on CUDA: 16-bit ones use wgmma tiles, fp32 ones smaller K."""
+    cfg = lambda bm, bk, warps, stages: triton.Config({"BLOCK_M": bm, "BLOCK_K": bk},  # noqa: E731
+                                                      num_warps=warps, num_stages=stages)
+    return [cfg(128, 64, 8, 3), cfg(64, 64, 4, 3), cfg(128, 64, 8, 4), cfg(64, 64, 8, 4),   # 16-bit
+            cfg(64, 32, 8, 2), cfg(32, 32, 4, 2)]                                           # fp32 (ieee dot)
+
+
+def _prune(configs, named_args, **_):
+    full = named_args["h_ptr"].dtype == torch.float32
+    return [c for c in configs if (c.kwargs["BLOCK_K"] == 32) == full]
+
+
+if _INTERPRET:  # no autotune under the interpreter: one fixed, small configuration
+    _fwd_kernel, _bwd_kernel = _linear_token_logprobs_fwd_kernel, _linear_token_logprobs_bwd_kernel
+else:
+    _tune = triton.autotune(_cuda_configs(), key=["V", "D"], prune_configs_by={"early_config_prune": _prune})
+    _fwd_kernel, _bwd_kernel = _tune(_linear_token_logprobs_fwd_kernel), _tune(_linear_token_logprobs_bwd_kernel)
+
+
 def _kernel_args(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float):
-    """Strides, flags and block sizes shared by both kernels."""
-    full = hidden.dtype == torch.float32
-    meta = dict(HAS_BIAS=bias is not None, UPCAST=_INTERPRET, PRECISION="ieee" if full else "tf32",
-                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=32 if full else 64,
-                num_warps=8, num_stages=2 if full else 3)
+    """Strides and compile-time flags shared by both kernels (tile sizes too, under the interpreter)."""
+    meta = dict(HAS_BIAS=bias is not None, UPCAST=_INTERPRET,
+                PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32", BLOCK_N=BLOCK_N)
+    if _INTERPRET:
+        meta.update(BLOCK_M=BLOCK_M, BLOCK_K=32)
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature)
     return strides, meta
 
@@ -124,17 +145,16 @@ def linear_token_logprobs_fwd(hidden, weight, targets, temperature, bias):
     picked = torch.empty(n, dtype=torch.float32, device=hidden.device)                # (N,)
     if n:
         strides, meta = _kernel_args(hidden, weight, bias, temperature)
-        grid = (triton.cdiv(n, BLOCK_M), n_splits)
-        _linear_token_logprobs_fwd_kernel[grid](hidden, weight, bias if bias is not None else hidden, targets,
-                                                part_lse, picked, n, vocab, d, *strides, n_splits,
-                                                TILES_PER_SPLIT=TILES_PER_SPLIT, **meta)
+        grid = lambda meta_: (triton.cdiv(n, meta_["BLOCK_M"]), n_splits)  # noqa: E731
+        _fwd_kernel[grid](hidden, weight, bias if bias is not None else hidden, targets, part_lse, picked, n, vocab,
+                          d, *strides, n_splits, TILES_PER_SPLIT=TILES_PER_SPLIT, **meta)
     lse = torch.logsumexp(part_lse, dim=1)                                             # (N,)
     return picked - lse, lse
 
 
 def _rows_per_chunk(n: int, vocab: int, itemsize: int) -> int:
-    rows = max(BLOCK_M, DZ_BUDGET_BYTES // max(1, vocab * itemsize))
-    return min(n, rows // BLOCK_M * BLOCK_M) if n > 0 else 0
+    rows = max(ROW_ALIGN, DZ_BUDGET_BYTES // max(1, vocab * itemsize))
+    return min(n, rows // ROW_ALIGN * ROW_ALIGN) if n > 0 else 0
 
 
 def linear_token_logprobs_bwd(grad, hidden, weight, targets, lse, temperature, bias, need_h, need_w, need_b):
@@ -159,10 +179,9 @@ def linear_token_logprobs_bwd(grad, hidden, weight, targets, lse, temperature, b
     for row0 in range(0, n, chunk):
         rows = min(chunk, n - row0)
         dz = dz_buf[:rows]                                                             # (rows, V)
-        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(vocab, BLOCK_N))
-        _linear_token_logprobs_bwd_kernel[grid](hidden, weight, bias if bias is not None else hidden, targets, lse,
-                                                grad, dz, row0, row0 + rows, vocab, d, *strides, dz.stride(0),
-                                                **meta)
+        grid = lambda meta_: (triton.cdiv(rows, meta_["BLOCK_M"]), triton.cdiv(vocab, BLOCK_N))  # noqa: E731
+        _bwd_kernel[grid](hidden, weight, bias if bias is not None else hidden, targets, lse, grad, dz, row0,
+                          row0 + rows, vocab, d, *strides, dz.stride(0), **meta)
         h = hidden[row0:row0 + rows]                                                   # (rows, D)
         if need_h:
             torch.mm(dz, weight, out=d_hidden[row0:row0 + rows])
@@ -170,7 +189,7 @@ def linear_token_logprobs_bwd(grad, hidden, weight, targets, lse, temperature, b
             d_weight.addmm_(dz.t(), h)
         elif need_w:
             for v0 in range(0, vocab, _DW_SLAB):   # 16-bit GEMM per slab, summed in fp32: bounded temporary
-                d_weight[v0:v0 + _DW_SLAB] += torch.mm(dz[:, v0:v0 + _DW_SLAB].t(), h).float()
+                d_weight[v0:v0 + _DW_SLAB] += torch.mm(dz[:, v0:v0 + _DW_SLAB].t(), h)  # fp32 += 16-bit
         if need_b:
             d_bias += dz.sum(dim=0, dtype=torch.float32)
     return d_hidden, _cast(d_weight, weight), _cast(d_bias, bias)

@@ -71,10 +71,10 @@ def test_non_contiguous(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_backward_in_row_chunks(monkeypatch, dtype):
-    """A tiny d-logits budget forces one BLOCK_M-row chunk at a time (and, in 16 bit, fp32 d-weight slabs)."""
+    """A tiny d-logits budget forces ROW_ALIGN-row chunks (and, in 16 bit, fp32 d-weight slabs)."""
     monkeypatch.setattr(LIN, "DZ_BUDGET_BYTES", 1)
     monkeypatch.setattr(LIN, "_DW_SLAB", 100)
-    n = 2 * LIN.BLOCK_M + 3
+    n = LIN.ROW_ALIGN + 3
     hidden, weight, b, targets = _inputs(n, 32, 257, dtype, True, seed=7)
     _check(hidden, weight, b, targets, 1.0, dtype)
 
