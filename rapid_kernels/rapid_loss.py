@@ -114,17 +114,18 @@ def rapid_loss_fwd(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group
     num_seqs = rewards.shape[0]
     groups = num_seqs // group_size
     dev = token_logprobs.device
-    per_seq = torch.empty((5, num_seqs), dtype=torch.float32, device=dev)              # (5, S)
+    # separate buffers, not views of one: an in-place edit of a diagnostic must not touch the saved coefficient
+    logratio, weights, baselines, advantages, coef = (torch.empty(num_seqs, dtype=torch.float32, device=dev)
+                                                      for _ in range(5))               # (S,) each
     partial = torch.empty((2, groups), dtype=torch.float32, device=dev)                # (2, G)
     block_k, block_t = _blocks(group_size)
     _rapid_loss_fwd_kernel[(groups,)](
         token_logprobs.contiguous(), behavior_logprobs.contiguous(), rewards.contiguous(), cu_seqlens.contiguous(),
-        per_seq[0], per_seq[1], per_seq[2], per_seq[3], per_seq[4], partial, groups, group_size,
+        logratio, weights, baselines, advantages, coef, partial, groups, group_size,
         math.log(eta), LOG_W_CAP, 1.0 / (num_seqs * loss_norm),
         GEOMETRIC=is_level == "geometric", CLIP=_CLIP_CODES[is_clip], LOO=baseline == "loo",
         STD=adv_scale == "std", BLOCK_K=block_k, BLOCK_T=block_t, num_warps=4)
     sums = partial.sum(dim=1)                                                          # (2,): loss, clip count
-    logratio, weights, baselines, advantages, coef = per_seq.unbind(0)
     return sums[0], logratio, weights, baselines, advantages, coef, sums[1] / num_seqs
 
 

@@ -119,6 +119,19 @@ def test_loss_scale_of_gradient():
     assert_close(lp.grad, lp64.grad, "rapid_loss", torch.float32, "grad")
 
 
+def test_diagnostics_are_independent_of_the_graph():
+    """Editing a returned diagnostic in place (a trainer normalising weights for logging) leaves backward intact."""
+    lp, blp, rewards, cu = _batch(8, 6, seed=12)
+    lp = lp.requires_grad_()
+    out = rapid_kernels.rapid_loss(lp, blp, rewards, cu, 4, backend="triton")
+    out.weights.div_(out.weights.sum())
+    out.advantages.zero_()
+    out.loss.backward()
+    lp64 = lp.detach().double().requires_grad_()
+    reference.rapid_loss(lp64, blp.double(), rewards.double(), cu, 4).loss.backward()
+    assert_close(lp.grad, lp64.grad, "rapid_loss", torch.float32, "grad")
+
+
 # -------------------------------------------------------------------------------------------------- fused op
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("baseline, is_level, is_clip, adv_scale",
