@@ -14,11 +14,13 @@ modules through this module (or restore likewise), not with ``import rapid_kerne
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
 import torch
 
+log = logging.getLogger(__name__)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE_TYPES: tuple[str, ...] = ("cuda", "cpu") if _INTERPRET else ("cuda",)
 TOKEN_LEVEL = False
@@ -33,7 +35,10 @@ def _import_ops():
         return tuple(importlib.import_module(f"{__package__}.{name}") for name in _OPS)
     finally:
         for name, fn in public.items():
-            if fn is not None and not isinstance(fn, type(sys)):
+            if isinstance(fn, type(sys)):
+                log.warning("rapid_kernels.%s was imported as a module before the Triton backend: the public "
+                            "function of that name is shadowed; import op modules via triton_backend", name)
+            elif fn is not None:
                 setattr(package, name, fn)
 
 

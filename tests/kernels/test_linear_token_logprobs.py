@@ -105,14 +105,18 @@ def test_gpu_qwen_shape_and_memory(dtype):
     hidden.requires_grad_()
     weight.requires_grad_()
     eager_logits_bytes = n * vocab * (hidden.element_size() + 4)        # eager: logits + an fp32 log-softmax
+    grad = torch.randn(n, device="cuda")
+    # warm-up: compiles and autotunes (the autotuner's L2-flush buffer must not count), then frees the grads
+    rapid_kernels.linear_token_logprobs(hidden, weight, targets, 1.0, None, backend="triton").backward(grad)
+    hidden.grad = weight.grad = None
+    torch.cuda.empty_cache()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out = rapid_kernels.linear_token_logprobs(hidden, weight, targets, 1.0, None, backend="triton")
     torch.cuda.synchronize()
     fwd_extra = torch.cuda.max_memory_allocated() - base
-    assert fwd_extra < 2**20 + 256 * n, f"forward used {fwd_extra / 2**20:.1f} MiB extra"
-    grad = torch.randn(n, device="cuda")
+    assert fwd_extra < 4 * 2**20 + 512 * n, f"forward used {fwd_extra / 2**20:.1f} MiB extra"   # (N, splits) LSEs
     out.backward(grad)
     torch.cuda.synchronize()
     grads_bytes = hidden.numel() * hidden.element_size() + weight.numel() * weight.element_size()
