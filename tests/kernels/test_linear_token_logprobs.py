@@ -89,6 +89,7 @@ def test_partial_gradients():
 def test_matches_token_logprobs_of_materialised_logits():
     """The fused op equals token_logprobs of the explicit logits (same backend)."""
     hidden, weight, b, targets = _inputs(41, 32, 777, torch.float32, True, seed=11)
+    targets = targets.to(torch.int32)
     logits = hidden @ weight.T + b                                                          # (N, V)
     fused = rapid_kernels.linear_token_logprobs(hidden, weight, targets, 0.8, b, backend="triton")
     plain = rapid_kernels.token_logprobs(logits, targets, 0.8, backend="triton")

@@ -59,7 +59,7 @@ def test_masked_vocab_and_extremes():
     logits[1, -1] = 200.0
     logits[2, :] = -200.0
     logits[2, :BLOCK_V] = float("-inf")
-    targets = torch.full((n,), vocab - 1, device=DEVICE)
+    targets = torch.full((n,), vocab - 1, dtype=torch.int32, device=DEVICE)               # int32 targets too
     _check(logits, targets, 1.0, torch.float32)
 
 
@@ -111,3 +111,22 @@ def test_gpu_qwen_shape(dtype):
     ref.backward(grad)
     assert_close(out, ref, OP, dtype, "out", "log-probs")
     assert_close(logits.grad, x.grad, OP, dtype, "grad", "d logits")
+
+
+@pytest.mark.gpu
+def test_gpu_int64_offsets():
+    """N·V > 2^31 elements: the last rows (past the int32 range) are still read and written correctly."""
+    torch.manual_seed(4)
+    n, vocab = 14_200, 151_936
+    assert n * vocab > 2**31
+    logits = torch.randn(n, vocab, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), device="cuda")
+    grad = torch.randn(n, device="cuda")
+    out = rapid_kernels.token_logprobs(logits, targets, 1.0, backend="triton")
+    out.backward(grad)
+    tail = slice(n - 8, n)
+    x = logits.detach()[tail].float().requires_grad_()
+    ref = reference.token_logprobs(x, targets[tail], 1.0)
+    ref.backward(grad[tail])
+    assert_close(out[tail], ref, OP, torch.bfloat16, "out", "log-probs (tail)")
+    assert_close(logits.grad[tail], x.grad, OP, torch.bfloat16, "grad", "d logits (tail)")
