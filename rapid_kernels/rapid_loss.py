@@ -7,11 +7,11 @@ one launch, not the twenty an eager implementation issues. Backward writes N flo
 Forward, program g owns the K = group_size contiguous sequences of group g and their packed tokens
 [cu_seqlens[gK], cu_seqlens[(g+1)K]). It streams those tokens once, assigning each to its sequence with a
 (tokens × K) membership mask, and accumulates per sequence Σ_t (log π − log μ) and Σ_t log π. Then, all in
-registers: log w (the mean instead of the sum for ``is_level="geometric"``), the clip in log space (truncate: min(w, η);
-mask: 0 when w > η; none: w with log w capped at ``LOG_W_CAP``), the importance-weighted group baseline (LOO or mean),
-the advantage (optionally divided by the unbiased group reward std + 1e-6), and the group's share of the loss and
-of the clip count. The per-group partial loss and clip count are summed on the host side (one tiny reduction), so
-the result is deterministic (no atomics). Backward: d log π_t = −g · w̄_s A_s / (S · loss_norm), the per-sequence
+registers: log w (the mean instead of the sum for ``is_level="geometric"``), the clip in log space (truncate:
+min(w, η); mask: 0 when w > η; none: w with log w capped at ``LOG_W_CAP``), the importance-weighted group baseline
+(LOO or mean), the advantage (optionally divided by the unbiased group reward std + 1e-6), and the group's share of
+the loss and of the clip count. Those (2, G) per-group partials are then summed by one tiny torch reduction rather
+than atomics, so the loss is deterministic. Backward: d log π_t = −g · w̄_s A_s / (S · loss_norm), the per-sequence
 coefficient saved by the forward broadcast to the sequence's tokens, again one program per group.
 """
 
@@ -43,7 +43,7 @@ def _group_tokens(cu_ptr, g, K, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _rapid_loss_fwd_kernel(lp_ptr, blp_ptr, rewards_ptr, cu_ptr, logratio_ptr, weights_ptr, baselines_ptr,
-                           adv_ptr, coef_ptr, partial_ptr, G, K, log_eta, log_w_cap, scale,
+                           adv_ptr, coef_ptr, partial_ptr, G, K, log_eta, log_w_cap, scale, inv_num_seqs,
                            GEOMETRIC: tl.constexpr, CLIP: tl.constexpr, LOO: tl.constexpr, STD: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
     g = tl.program_id(0)
@@ -89,7 +89,7 @@ def _rapid_loss_fwd_kernel(lp_ptr, blp_ptr, rewards_ptr, cu_ptr, logratio_ptr, w
     tl.store(adv_ptr + seq, adv, mask=k_ok)
     tl.store(coef_ptr + seq, coef, mask=k_ok)
     tl.store(partial_ptr + g, tl.sum(tl.where(k_ok, coef * lp_sum, 0.0), axis=0))
-    tl.store(partial_ptr + G + g, tl.sum(tl.where(k_ok & clipped, 1.0, 0.0), axis=0))
+    tl.store(partial_ptr + G + g, tl.sum(tl.where(k_ok & clipped, 1.0, 0.0), axis=0) * inv_num_seqs)
 
 
 @triton.jit
@@ -117,16 +117,16 @@ def rapid_loss_fwd(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group
     # separate buffers, not views of one: an in-place edit of a diagnostic must not touch the saved coefficient
     logratio, weights, baselines, advantages, coef = (torch.empty(num_seqs, dtype=torch.float32, device=dev)
                                                       for _ in range(5))               # (S,) each
-    partial = torch.empty((2, groups), dtype=torch.float32, device=dev)                # (2, G)
+    partial = torch.empty((2, groups), dtype=torch.float32, device=dev)                # (2, G): loss, clip / S
     block_k, block_t = _blocks(group_size)
     _rapid_loss_fwd_kernel[(groups,)](
         token_logprobs.contiguous(), behavior_logprobs.contiguous(), rewards.contiguous(), cu_seqlens.contiguous(),
         logratio, weights, baselines, advantages, coef, partial, groups, group_size,
-        math.log(eta), LOG_W_CAP, 1.0 / (num_seqs * loss_norm),
+        math.log(eta), LOG_W_CAP, 1.0 / (num_seqs * loss_norm), 1.0 / num_seqs,
         GEOMETRIC=is_level == "geometric", CLIP=_CLIP_CODES[is_clip], LOO=baseline == "loo",
         STD=adv_scale == "std", BLOCK_K=block_k, BLOCK_T=block_t, num_warps=4)
-    sums = partial.sum(dim=1)                                                          # (2,): loss, clip count
-    return sums[0], logratio, weights, baselines, advantages, coef, sums[1] / num_seqs
+    sums = partial.sum(dim=1)                                                          # (2,): loss, clip fraction
+    return sums[0], logratio, weights, baselines, advantages, coef, sums[1]
 
 
 def rapid_loss_bwd(grad_loss, coef, cu_seqlens, n_tokens, group_size):
