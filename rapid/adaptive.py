@@ -72,6 +72,9 @@ class AdaptiveHParams:
     """Weight of the newest measurement in the per-H time-per-sample averages."""
     initial_h: int | None = None
     """Start value; None: the largest power of two <= sqrt(H_max)."""
+    max_steps: int | None = None
+    """Optional optimizer-step budget of the run (a sample budget / (prompts_per_step * group_size)): next_h()
+    never returns more than the steps left (and at least 1), so equal-sample comparisons stay equal."""
 
 
 class AdaptiveH:
@@ -87,8 +90,11 @@ class AdaptiveH:
         self._cooldown = 0
         self.time_per_sample: dict[int, float] = {}                # EMA of step time / sample, per H
         self.history: list[dict] = []                              # one record per update: inputs and decision
+        self.steps_taken = 0
 
     def next_h(self) -> int:
+        if self.params.max_steps is not None:
+            return max(1, min(self.h, self.params.max_steps - self.steps_taken))
         return self.h
 
     def observe_step(self, metrics: dict[str, float]) -> None:
@@ -98,9 +104,11 @@ class AdaptiveH:
     def update(self, metrics: dict[str, float]) -> int:
         """Decide the next rollout's H from this rollout's metrics; returns it (also ``next_h()``)."""
         p, h = self.params, self.h
+        ran = self.next_h()
+        self.steps_taken += ran
         ess, clip, ess_slope, clip_slope = self._quality(metrics)
         self._steps = []
-        speed_ok, rollout_frac = self._speed(metrics, h)
+        speed_ok, rollout_frac = self._speed(metrics, ran)   # per-sample time of what actually ran
         reason = "hold"
         if (ess is not None and ess < p.ess_low) or (clip is not None and clip > p.clip_high):
             new_h, reason = max(1, h // 2), "stale"

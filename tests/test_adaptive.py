@@ -116,3 +116,13 @@ def test_params_from_config_extra_and_state():
     assert ctrl.state()["adaptive/h"] == 2.0
     with pytest.raises(TypeError):
         make(16, not_a_param=1)
+
+
+def test_step_budget_caps_h_so_sample_budgets_stay_equal():
+    ctrl = make(16, max_steps=20)
+    ran = []
+    for _ in range(6):
+        ran.append(ctrl.next_h())
+        run_rollout(ctrl, ess_at=lambda j: 0.99)
+    assert ran == [4, 8, 8, 1, 1, 1]          # 4 + 8 + 8 = 20 steps, then the minimum the trainer can take
+    assert ctrl.steps_taken == 23
