@@ -57,6 +57,12 @@ def test_matches_reference(dtype, n, d, vocab, bias, temperature):
     _check(hidden, weight, b, targets, temperature, dtype)
 
 
+def test_bf16():
+    """bf16 hidden / weight / bias (the interpreter upcasts before tl.dot; CUDA uses bf16 tensor cores)."""
+    hidden, weight, b, targets = _inputs(41, 32, LIN.BLOCK_N + 1, torch.bfloat16, True, seed=14)
+    _check(hidden, weight, b, targets, 1.0, torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_non_contiguous(dtype):
     """hidden as a transposed view, weight as a column slice of a wider matrix, targets strided."""

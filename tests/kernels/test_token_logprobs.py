@@ -40,6 +40,13 @@ def test_matches_reference(dtype, n, vocab, temperature):
     _check(logits, targets, temperature, dtype)
 
 
+def test_bf16():
+    """bf16 logits (upcast right after each load, so the CPU interpreter runs it too)."""
+    torch.manual_seed(12)
+    logits = (torch.randn(41, 1031, device=DEVICE) * 4).to(torch.bfloat16)
+    _check(logits, torch.randint(0, 1031, (41,), device=DEVICE), 1.0, torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_non_contiguous(dtype):
     torch.manual_seed(1)
