@@ -120,8 +120,10 @@ def _prune(configs, named_args, **_):
 if _INTERPRET:  # no autotune under the interpreter: one fixed, small configuration
     _fwd_kernel, _bwd_kernel = _linear_token_logprobs_fwd_kernel, _linear_token_logprobs_bwd_kernel
 else:
-    _tune = triton.autotune(_cuda_configs(), key=["V", "D"], prune_configs_by={"early_config_prune": _prune})
-    _fwd_kernel, _bwd_kernel = _tune(_linear_token_logprobs_fwd_kernel), _tune(_linear_token_logprobs_bwd_kernel)
+    def _tuned(kernel):  # each kernel gets its own Config objects and cache
+        return triton.autotune(_cuda_configs(), key=["V", "D"], prune_configs_by={"early_config_prune": _prune})(kernel)
+
+    _fwd_kernel, _bwd_kernel = _tuned(_linear_token_logprobs_fwd_kernel), _tuned(_linear_token_logprobs_bwd_kernel)
 
 
 def _kernel_args(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float):
