@@ -14,6 +14,9 @@ package never touches a GPU and never compiles anything.
 
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+
 from . import _validate, reference
 from ._dispatch import available_backends, resolve_backend
 from .reference import RapidLossOutput
@@ -72,3 +75,18 @@ def fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seq
     impl = resolve_backend(backend, "fused_rapid_loss", hidden, is_level=is_level)
     return impl(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size, float(eta), baseline,
                 float(loss_norm), is_level, is_clip, adv_scale, float(temperature), bias)
+
+
+class _Package(_types.ModuleType):
+    """Importing an op module (``rapid_kernels.token_logprobs``, the Triton kernels) binds it as an attribute of the
+    package, which would shadow the public function of the same name. The package ignores those bindings; the
+    modules stay reachable through ``sys.modules`` / ``from rapid_kernels.token_logprobs import ...``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _PUBLIC_OPS and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_PUBLIC_OPS = frozenset({"token_logprobs", "linear_token_logprobs", "rapid_loss", "fused_rapid_loss"})
+_sys.modules[__name__].__class__ = _Package

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 
 import torch
 
@@ -28,18 +27,8 @@ _OPS = ("token_logprobs", "linear_token_logprobs", "rapid_loss")
 
 
 def _import_ops():
-    """Import the op modules without letting them shadow the package's public functions."""
-    package = sys.modules[__package__]
-    public = {name: package.__dict__.get(name) for name in _OPS}
-    try:
-        return tuple(importlib.import_module(f"{__package__}.{name}") for name in _OPS)
-    finally:
-        for name, fn in public.items():
-            if isinstance(fn, type(sys)):
-                log.warning("rapid_kernels.%s was imported as a module before the Triton backend: the public "
-                            "function of that name is shadowed; import op modules via triton_backend", name)
-            elif fn is not None:
-                setattr(package, name, fn)
+    """Import the op modules (the package keeps its public functions: see ``rapid_kernels._Package``)."""
+    return tuple(importlib.import_module(f"{__package__}.{name}") for name in _OPS)
 
 
 _tlp, _ltlp, _loss = _import_ops()   # raises ImportError without triton: _dispatch reports the backend unavailable

@@ -1,0 +1,25 @@
+"""Session-wide test setup.
+
+- Without CUDA, the Triton kernels run through the interpreter: ``TRITON_INTERPRET`` is read when ``@triton.jit``
+  decorates a kernel, so it is set here, before any test imports ``rapid_kernels.triton_backend``.
+- GPU-tier tests (``@pytest.mark.gpu``) are skipped without a CUDA device; ``make test`` deselects them anyway.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
