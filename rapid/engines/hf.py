@@ -117,9 +117,10 @@ class HFEngine:
         if sampling.top_p < 1.0 and not greedy:
             processors.append(TopPLogitsWarper(sampling.top_p))
         processors.append(recorder)
-        gen_config = GenerationConfig(do_sample=not greedy, temperature=1.0, top_k=0, top_p=1.0,
-                                      max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id)
+        warpers_off = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        gen_config = GenerationConfig(do_sample=not greedy, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                                      eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id,
+                                      **warpers_off)
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                         generation_config=gen_config, logits_processor=processors)  # (B, P+T)
         new_tokens = sequences[:, width:]                                                           # (B, T)
