@@ -20,15 +20,9 @@ def available() -> str | None:
     return None
 
 
-def token_logprobs(logits, targets, temperature):
-    return _cpp_ops.token_logprobs(logits, targets, temperature)
+token_logprobs = _cpp_ops.token_logprobs
+rapid_loss = _cpp_ops.rapid_loss
 
 
 def linear_token_logprobs(hidden, weight, targets, temperature, bias):
     return _cpp_ops.linear_token_logprobs(hidden, weight, targets, temperature, bias, _cpp_ops.CPU_VOCAB_CHUNK)
-
-
-def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
-               is_level, is_clip, adv_scale):
-    return _cpp_ops.rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline,
-                               loss_norm, is_level, is_clip, adv_scale)
