@@ -1,0 +1,64 @@
+"""HFEngine: completions end at EOS, and the recorded log-probs are those of the processed distribution."""
+
+import torch
+
+from rapid.engines.base import SamplingConfig
+from rapid.engines.hf import HFEngine
+from rapid.forward import completion_hidden, model_parts
+
+
+def _trainer_logprobs(model, rollout, temperature):
+    parts = model_parts(model)
+    prompts = [rollout.prompt_ids[i // rollout.n] for i in range(len(rollout.completion_ids))]
+    with torch.no_grad():
+        hidden = completion_hidden(parts, prompts, rollout.completion_ids, torch.device("cpu"))     # (N, D)
+        logits = model.lm_head(hidden) / temperature                                               # (N, V)
+    return logits.log_softmax(-1), torch.tensor([t for c in rollout.completion_ids for t in c])
+
+
+def test_logprobs_equal_tempered_trainer_logprobs(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    rollout = engine.generate(["12+7=", "3+4=", "99+1="], 3, SamplingConfig(max_new_tokens=6, temperature=0.7, seed=1))
+    logp, targets = _trainer_logprobs(model, rollout, 0.7)
+    expected = logp.gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(torch.cat(rollout.logprobs), expected, atol=1e-5, rtol=0)
+    # and not those of the untempered distribution
+    logp1, _ = _trainer_logprobs(model, rollout, 1.0)
+    assert (torch.cat(rollout.logprobs) - logp1.gather(1, targets[:, None]).squeeze(1)).abs().max() > 1e-2
+
+
+def test_top_p_logprobs_are_of_the_truncated_distribution(tiny):
+    model, tok = tiny
+    rollout = HFEngine(model, tok).generate(["1+1="], 8, SamplingConfig(max_new_tokens=3, top_p=0.5, seed=2))
+    logp, targets = _trainer_logprobs(model, rollout, 1.0)
+    probs = logp.exp()                                                                           # (N, V)
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < 0.5     # smallest prefix with mass >= top_p
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    truncated = torch.where(keep, probs, torch.zeros_like(probs))
+    expected = (truncated / truncated.sum(-1, keepdim=True)).gather(1, targets[:, None]).squeeze(1).log()
+    torch.testing.assert_close(torch.cat(rollout.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_eos_included_and_nothing_after(tiny):
+    model, tok = tiny
+    with torch.no_grad():   # make EOS very likely so some completions stop early
+        model.lm_head.weight[tok.eos_token_id] += 0.5 * model.model.norm.weight.sign() * 3
+    rollout = HFEngine(model, tok).generate(["5+5="] * 4, 4, SamplingConfig(max_new_tokens=8, seed=0))
+    assert any(rollout.finished) and not all(len(c) == 8 for c in rollout.completion_ids)
+    for ids, lp, fin in zip(rollout.completion_ids, rollout.logprobs, rollout.finished):
+        assert len(lp) == len(ids) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
+        assert (ids[-1] == tok.eos_token_id) == fin
+        assert tok.eos_token_id not in ids[:-1]
+
+
+def test_seeded_sampling_is_reproducible_and_greedy_works(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    a = engine.generate(["1+2="], 4, SamplingConfig(max_new_tokens=5, seed=7))
+    b = engine.generate(["1+2="], 4, SamplingConfig(max_new_tokens=5, seed=7))
+    assert a.completion_ids == b.completion_ids
+    g1 = engine.generate(["1+2=", "3+3="], 1, SamplingConfig(max_new_tokens=5, temperature=0.0))
+    g2 = engine.generate(["1+2=", "3+3="], 1, SamplingConfig(max_new_tokens=5, temperature=0.0, seed=3))
+    assert g1.completion_ids == g2.completion_ids
