@@ -1,12 +1,225 @@
-"""`make demo`: the main job on the embedded CPU default (filled in by the trainer issue)."""
+"""``make demo``: RAPID vs on-policy GRPG on a tiny model, same wall-clock budget, 2 CPU cores, < 10 minutes.
 
-import sys
+1. Build a tiny Qwen2 model (rapid.tiny) and the offline arithmetic task (2-digit addition).
+2. Warm-start it with a short supervised phase (cached under .cache/rapid-demo/<hash of the settings>), so RL
+   starts from a model that is right part of the time.
+3. Train a copy with RAPID (one large generation batch, H small off-policy steps) and a copy with GRPG (one small
+   on-policy batch per step) for the same training wall-clock budget; evaluate greedy held-out accuracy along the
+   way (eval time is excluded from the budget).
+4. Print a table, save runs/demo/accuracy_vs_time.png and runs/demo/summary.json.
+
+    python -m rapid.demo [--budget 150] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+CACHE = Path(".cache/rapid-demo")
+RUNS = Path("runs/demo")
 
 
-def main() -> int:
-    print("rapid demo: the trainer is not implemented yet (see issue 5); nothing to run.")
-    return 0
+@dataclass(frozen=True)
+class DemoSettings:
+    difficulty: int = 2
+    digits: tuple[int, int] = (2, 1)
+    n_train: int = 4000          # capped by the problem space: 800 train problems after the 200 held out
+    n_eval: int = 200
+    num_layers: int = 2
+    sft_steps: int = 200
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def sft_warm_start(settings: DemoSettings, task, log=print):
+    """Supervised next-token training on "a+b=" → "c<eos>" (loss on the answer tokens only), cached on disk."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tiny import build_tiny, save_tiny
+
+    path = CACHE / settings.key()
+    if (path / "config.json").exists():
+        log(f"warm start: cached model {path}")
+        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), 0.0
+    start = time.perf_counter()
+    model, tok = build_tiny(num_layers=settings.num_layers, seed=settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.sft_lr, weight_decay=0.0)
+    rows = task.train
+    model.train()
+    for step in range(settings.sft_steps):
+        idx = torch.randint(0, len(rows), (settings.sft_batch,), generator=gen).tolist()
+        seqs, labels = [], []
+        for i in idx:
+            p = tok(rows[i]["prompt"])["input_ids"]
+            a = tok(rows[i]["answer"])["input_ids"] + [tok.eos_token_id]
+            seqs.append(p + a)
+            labels.append([-100] * len(p) + a)
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])             # (B, T)
+        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels])                      # (B, T)
+        mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()  # (B, T)
+        lr_scale = min(1.0, (step + 1) / 20)
+        for g in opt.param_groups:
+            g["lr"] = settings.sft_lr * lr_scale
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == settings.sft_steps - 1:
+            log(f"  sft step {step:4d}  loss {loss.item():.3f}")
+    save_tiny(model, tok, path)
+    return model, tok, time.perf_counter() - start
+
+
+def run_algo(algo: str, warm_path: Path, task, budget_s: float, args, log=print) -> dict:
+    """Train a fresh copy of the warm-start model with ``algo`` for ``budget_s`` training seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rapid
+
+    model = AutoModelForCausalLM.from_pretrained(warm_path)
+    tok = AutoTokenizer.from_pretrained(warm_path)
+    shutil.rmtree(RUNS / algo, ignore_errors=True)
+    big = args.prompts_per_step * args.steps_per_rollout
+    ppr = big if algo == "rapid" else args.prompts_per_step
+    # evaluate after the same number of samples in both runs (eval time is excluded from the budget)
+    eval_every = max(1, args.eval_every_samples // (ppr * args.group_size))
+    cfg = rapid.RapidConfig(
+        algo=algo, group_size=args.group_size, prompts_per_rollout=ppr, prompts_per_step=args.prompts_per_step,
+        num_rollouts=1_000_000, max_train_seconds=budget_s, eta=args.eta, lr=args.lr, temperature=1.0,
+        max_new_tokens=task.max_new_tokens, engine="hf", seed=args.seed, eval_every=eval_every,
+        output_dir=str(RUNS / algo), progress_bar=False, max_grad_norm=1.0, extra={"demo": True})
+    log(f"{algo}: {ppr} prompts x {args.group_size} samples per generation call, "
+        f"{cfg.steps_per_rollout} optimizer step(s) of {args.prompts_per_step} prompts each, budget {budget_s:.0f} s")
+    start = time.perf_counter()
+    result = rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok, eval_dataset=task.eval)
+    wall = time.perf_counter() - start
+    rollouts = [h for h in result.history if "reward/mean" in h]
+    curve = [(h["time/train_s"], h["eval/reward"]) for h in result.history if "eval/reward" in h]
+    phases = {}
+    for h in rollouts:
+        for key, value in h.items():
+            if key.startswith("timing_s/") and key != "timing_s/step":
+                phases[key[len("timing_s/"):]] = phases.get(key[len("timing_s/"):], 0.0) + value
+    samples = sum(h["perf/samples_per_s"] * h["timing_s/step"] for h in rollouts)
+    train_s = rollouts[-1]["time/train_s"] if rollouts else 0.0
+    return {"algo": algo, "curve": curve, "rollouts": len(rollouts), "samples": samples, "train_s": train_s,
+            "wall_s": wall, "samples_per_s": samples / max(train_s, 1e-9), "phases": phases,
+            "steps": sum(h["rapid/steps"] for h in rollouts)}
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, acc in curve if acc >= target - 1e-9), None)
+
+
+def plot(results: list[dict], warm_acc: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for res in results:
+        t, acc = zip(*res["curve"])
+        ax.plot(t, [100 * a for a in acc], marker="o", ms=3, label=f"{res['algo']} ({res['samples_per_s']:.0f} samples/s)")
+    ax.axhline(100 * warm_acc, color="grey", ls=":", label="SFT warm start")
+    ax.set_xlabel("training wall-clock (s, eval excluded)")
+    ax.set_ylabel("held-out accuracy (%, greedy)")
+    ax.set_title("RAPID vs on-policy GRPG, tiny Qwen2 on 2-digit + 1-digit addition, CPU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per algorithm")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny matmuls: 1 is fastest)")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--steps-per-rollout", type=int, default=8, help="RAPID's H")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eta", type=float, default=2.0)
+    parser.add_argument("--sft-steps", type=int, default=DemoSettings.sft_steps)
+    parser.add_argument("--eval-every-samples", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    from .tasks.arithmetic import make_arithmetic_task
+    from .trainer import evaluate_rewards
+
+    settings = DemoSettings(sft_steps=args.sft_steps, seed=args.seed)
+    task = make_arithmetic_task(settings.difficulty, settings.n_train, settings.n_eval, settings.seed,
+                                digits=settings.digits)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"rapid demo: {task.description}; {len(task.train)} train / {len(task.eval)} held-out problems; "
+          f"{args.threads} torch thread(s)")
+    model, tok, sft_s = sft_warm_start(settings, task)
+    warm_path = CACHE / settings.key()
+
+    from .engines.hf import HFEngine
+    import rapid
+
+    cfg = rapid.RapidConfig(max_new_tokens=task.max_new_tokens)
+    warm_acc = evaluate_rewards(HFEngine(model, tok), model, task.eval, task.reward_fn, cfg)["eval/reward"]
+    print(f"warm start: held-out accuracy {100 * warm_acc:.1f} % (SFT {sft_s:.1f} s{', cached' if not sft_s else ''})")
+    results = [run_algo(algo, warm_path, task, args.budget, args) for algo in ("rapid", "grpg")]
+    rapid_res, grpg_res = results
+    grpg_final = grpg_res["curve"][-1][1]
+    reach = time_to_reach(rapid_res["curve"], grpg_final)
+
+    print()
+    print(f"{'':8s} {'acc before':>10s} {'acc after':>9s} {'gain':>6s} {'samples/s':>9s} {'rollouts':>8s} "
+          f"{'opt steps':>9s} {'train s':>7s} {'gen s':>6s} {'update s':>8s} {'reward s':>8s}")
+    for res in results:
+        final = res["curve"][-1][1]
+        ph = res["phases"]
+        print(f"{res['algo']:8s} {100 * warm_acc:9.1f}% {100 * final:8.1f}% {100 * (final - warm_acc):+5.1f} "
+              f"{res['samples_per_s']:9.0f} {res['rollouts']:8d} {res['steps']:9d} {res['train_s']:7.1f} "
+              f"{ph.get('gen', 0):6.1f} {ph.get('update_actor', 0):8.1f} {ph.get('reward', 0):8.2f}")
+    rapid_gain = rapid_res["curve"][-1][1] - warm_acc
+    faster = reach is not None and reach < grpg_res["curve"][-1][0]
+    print()
+    print(f"RAPID gain over warm start: {100 * rapid_gain:+.1f} points (target >= +20): "
+          f"{'PASS' if rapid_gain >= 0.2 else 'FAIL'}")
+    print(f"RAPID reached GRPG's final accuracy ({100 * grpg_final:.1f} %) after "
+          f"{'never' if reach is None else f'{reach:.1f} s'} vs GRPG's {grpg_res['curve'][-1][0]:.1f} s: "
+          f"{'PASS' if faster else 'FAIL'}")
+    plot(results, warm_acc, RUNS / "accuracy_vs_time.png")
+    total = time.perf_counter() - t0
+    summary = {"warm_acc": warm_acc, "sft_s": sft_s, "rapid_gain": rapid_gain, "rapid_reach_s": reach,
+               "grpg_final": grpg_final, "total_s": total, "settings": asdict(settings), "args": vars(args),
+               "results": results}
+    (RUNS / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"plot: {RUNS / 'accuracy_vs_time.png'}; total demo time {total:.0f} s")
+    print(json.dumps({k: summary[k] for k in ("warm_acc", "rapid_gain", "rapid_reach_s", "grpg_final", "total_s")}))
+    return 0 if rapid_gain >= 0.2 and faster else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
