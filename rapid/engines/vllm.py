@@ -188,10 +188,13 @@ class VLLMEngine:
         if not self._weights_awake:
             self.wake()
         with self._timed("timing_s/update_weights"):
+            weights = hf_weights(model, dtype=self.dtype)
             try:
-                compat.load_weights(self.llm, hf_weights(model, dtype=self.dtype))
+                compat.load_weights(self.llm, weights)
             except Exception as err:   # a name or shape vLLM does not know: the trainer's model is not the engine's
                 raise EngineError(f"weight sync failed: {type(err).__name__}: {err}") from err
+            finally:
+                weights.close()
             self.llm.reset_prefix_cache()      # cached KV blocks were computed with the old weights
         self._weights_valid = True
 
@@ -329,35 +332,46 @@ def hf_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iter
     base = _base_model(model)
     tied = bool(getattr(getattr(base, "config", None), "tie_word_embeddings", False))
     skip: list[str] = []
-    with torch.no_grad():
-        for mod_name, module in base.named_modules():
-            if any(mod_name.startswith(p) for p in skip):
+    for mod_name, module in base.named_modules():
+        if any(mod_name.startswith(p) for p in skip):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        if _is_lora(module) or _is_modules_to_save(module):
+            skip.append(prefix)
+        # no_grad only around the maths, never around a yield: a generator suspended (or abandoned by a failing
+        # consumer) inside ``with torch.no_grad()`` would leave grad mode off in the caller's thread
+        with torch.no_grad():
+            params = _module_tensors(module)
+        for pname, tensor in params:
+            name = prefix + pname
+            for wrapper in _WRAPPER_PREFIXES:
+                name = name.removeprefix(wrapper)
+            if tied and name == "lm_head.weight":
                 continue
-            prefix = f"{mod_name}." if mod_name else ""
-            if _is_lora(module):
-                skip.append(prefix)
-                layer = module.base_layer
-                weight = layer.weight
-                if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
-                    for name in module.active_adapters:
-                        if name in module.lora_A:
-                            weight = weight + module.get_delta_weight(name).to(weight.dtype)
-                params = [("weight", weight)] + ([("bias", layer.bias)] if getattr(layer, "bias", None) is not None
-                                                 else [])
-            elif hasattr(module, "original_module") and hasattr(module, "modules_to_save"):
-                skip.append(prefix)
-                adapter = getattr(module, "active_adapter", None)
-                adapter = adapter[0] if isinstance(adapter, (list, tuple)) else adapter
-                active = (module.modules_to_save[adapter] if adapter in module.modules_to_save
-                          and not getattr(module, "disable_adapters", False) else module.original_module)
-                params = list(active.named_parameters())
-            else:
-                params = list(module.named_parameters(recurse=False))
-            for pname, tensor in params:
-                name = prefix + pname
-                for wrapper in _WRAPPER_PREFIXES:
-                    name = name.removeprefix(wrapper)
-                if tied and name == "lm_head.weight":
-                    continue
-                tensor = tensor.detach()
-                yield name, tensor.to(dtype) if dtype is not None else tensor
+            tensor = tensor.detach()
+            yield name, tensor.to(dtype) if dtype is not None else tensor
+
+
+def _is_modules_to_save(module: torch.nn.Module) -> bool:
+    return hasattr(module, "original_module") and hasattr(module, "modules_to_save")
+
+
+def _module_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a module contributes under its own name: merged LoRA weights, the active modules_to_save copy,
+    or its direct parameters."""
+    if _is_lora(module):
+        layer = module.base_layer
+        weight = layer.weight
+        if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
+            for name in module.active_adapters:
+                if name in module.lora_A:
+                    weight = weight + module.get_delta_weight(name).to(weight.dtype)
+        bias = getattr(layer, "bias", None)
+        return [("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    if _is_modules_to_save(module):
+        adapter = getattr(module, "active_adapter", None)
+        adapter = adapter[0] if isinstance(adapter, (list, tuple)) else adapter
+        active = (module.modules_to_save[adapter] if adapter in module.modules_to_save
+                  and not getattr(module, "disable_adapters", False) else module.original_module)
+        return list(active.named_parameters())
+    return list(module.named_parameters(recurse=False))

@@ -176,5 +176,6 @@ def test_sync_rejects_a_different_architecture(engine, trainer):
     try:
         with pytest.raises(EngineError, match="weight sync failed"):
             engine.sync_weights(other)
+        assert torch.is_grad_enabled(), "a failed sync must not leave grad mode off"
     finally:
         engine.sync_weights(trainer[0])
