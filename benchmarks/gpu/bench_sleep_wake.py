@@ -92,8 +92,9 @@ def main() -> None:
 
     warm, timed = cycles[:args.warmup], cycles[args.warmup:]
     med = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"device: {torch.cuda.get_device_name()}  vllm {vllm.__version__}  torch {torch.__version__}  "
-          f"sleep level {args.level}  model: Qwen2.5-0.5B-shaped bf16 ({sum(p.numel() for p in model.parameters())/1e6:.0f} M params)")
+          f"sleep level {args.level}  model: Qwen2.5-0.5B-shaped bf16 ({params_m:.0f} M params)")
     print(f"{'phase':<18}{'median s':>10}")
     for k in ("sleep_s", "wake_s", "update_weights_s", "wake_kv_s", "total_s", "total_with_kv_s"):
         print(f"{k:<18}{med[k]:>10.4f}")

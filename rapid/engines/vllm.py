@@ -61,13 +61,17 @@ class VLLMEngine:
             ``sleep_level``, ...).
         workdir: where the start-up checkpoint goes (``<workdir>/vllm_model``); None: a temporary directory,
             removed by ``close``.
+        seed_requests: give every request its own seed derived from ``SamplingConfig.seed`` (reproducible
+            rollouts). vLLM then samples with per-request generators, which skips its fused top-p sampling kernel
+            on CUDA; False relies on the engine-wide seed only (faster, not batch-invariant).
         llm_kwargs: extra ``vllm.LLM`` arguments (override the defaults chosen here).
     """
 
     def __init__(self, model, tokenizer, config: RapidConfig, workdir: str | Path | None = None,
-                 **llm_kwargs) -> None:
+                 seed_requests: bool = True, **llm_kwargs) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        self.seed_requests = seed_requests
         self.on_cuda = torch.cuda.is_available() and (
             isinstance(model, (str, Path)) or next(model.parameters()).device.type == "cuda")
         self._timings: dict[str, float] = {"timing_s/sleep": 0.0, "timing_s/wake": 0.0,
@@ -86,7 +90,7 @@ class VLLMEngine:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="rapid-vllm-")
             workdir = self._tmpdir.name
         path = self._model_dir(model, tokenizer, Path(workdir) / "vllm_model" if workdir else Path())
-        self.max_model_len = config.max_model_len or self._default_max_len(path)
+        self.max_model_len = config.max_model_len or self._default_max_len(path, config)
         kwargs = dict(
             model=str(path), tokenizer=str(path), dtype=self._dtype_name(model), seed=config.seed,
             max_model_len=self.max_model_len, enforce_eager=config.enforce_eager,
@@ -130,11 +134,14 @@ class VLLMEngine:
         return str(next(model.parameters()).dtype).removeprefix("torch.")
 
     @staticmethod
-    def _default_max_len(path: Path) -> int:
+    def _default_max_len(path: Path, config: RapidConfig) -> int:
+        """The prompt limit + max_new_tokens when the run sets one, else the model's context length."""
+        if config.max_prompt_tokens is not None:
+            return config.max_prompt_tokens + config.max_new_tokens
         import json
 
-        cfg = json.loads((path / "config.json").read_text())
-        return int(cfg.get("max_position_embeddings") or 2048)
+        model_cfg = json.loads((path / "config.json").read_text())
+        return int(model_cfg.get("max_position_embeddings") or 2048)
 
     # --- Engine protocol ------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], n: int, sampling: SamplingConfig) -> Rollout:
@@ -151,7 +158,9 @@ class VLLMEngine:
         stats = {"engine/wake_s": self._ensure_awake_for_generation()}
         # vLLM seeds the j-th of n samples with seed + j, so prompts get disjoint seed ranges (an equal seed per
         # prompt would draw the same noise for every prompt); the trainer varies sampling.seed per rollout.
-        base = None if sampling.seed is None else (sampling.seed * _SEED_STRIDE) % (1 << 62)
+        base = None
+        if sampling.seed is not None and self.seed_requests:
+            base = (sampling.seed * _SEED_STRIDE) % (1 << 62)
         params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_new_tokens, logprobs=0,
                                  seed=None if base is None else base + i * n)
