@@ -1,8 +1,8 @@
 """The kernel-benchmark harness: time and memory of one (op, shape, dtype, provider) per child process, one CSV.
 
 Method (stated so the numbers can be judged):
-- Each (case, provider) runs in a fresh Python child process, so allocator caches, compiled graphs and the
-  resident-set high-water mark of one provider never leak into another's numbers.
+- Each (case, provider) runs in fresh Python child processes, one for timing and one for memory, so allocator
+  caches, compiled graphs and the resident-set high-water mark of one provider never leak into another's numbers.
 - Timing: ``warmup`` untimed calls (compilation, first-touch page faults, autotuning are reported apart: not in
   the timed numbers), then ``repeats`` timed calls, each bracketed by a device synchronise
   (``torch.cuda.synchronize`` on CUDA); we report median, p20 and p80 wall milliseconds. ``bwd`` times
@@ -10,10 +10,11 @@ Method (stated so the numbers can be judged):
 - Peak memory, CUDA: ``torch.cuda.max_memory_allocated`` during one call, minus what was allocated before it
   (inputs, weights): the extra memory the op needs at its peak.
 - Peak memory, CPU: the resident-set high-water mark (``VmHWM`` in ``/proc/self/status``) during one call, minus
-  the resident set before it, after resetting the mark (``echo 5 > /proc/self/clear_refs``, Linux). The child runs
-  with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns every large freed block to the OS at once: without
-  it, blocks freed during warm-up stay resident and are silently reused, hiding the op's real peak. This counts
-  every byte the op touches (ATen allocations, MKL/oneDNN scratch, our own buffers), not only tensors.
+  the resident set before it, after resetting the mark (``echo 5 > /proc/self/clear_refs``, Linux). The memory
+  child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns every large freed block to the OS at once:
+  without it, blocks freed during warm-up stay resident and are silently reused, hiding the op's real peak. (The
+  timing child keeps glibc's defaults, so that setting costs no provider page faults in the timed numbers.) This
+  counts every byte the op touches (ATen allocations, MKL/oneDNN scratch, our own buffers), not only tensors.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ def time_ms(fn: Callable[[], object], device: str, repeats: int, setup: Callable
 
 
 def measure_case(op: str, provider: str, shape: dict, dtype: str, device: str, modes: list[str], warmup: int,
-                 repeats: int) -> list[dict]:
-    """Run one (op, provider, shape, dtype) in this process; one row per mode."""
+                 repeats: int, what: str = "both") -> list[dict]:
+    """Run one (op, provider, shape, dtype) in this process; one row per mode. what: "time", "memory" or "both"."""
     mod = bench_module(op)
     torch.manual_seed(0)
     inputs = mod.make_inputs(shape, DTYPES[dtype], device)
@@ -162,17 +163,19 @@ def measure_case(op: str, provider: str, shape: dict, dtype: str, device: str, m
     _sync(device)
     warmup_s = time.perf_counter() - t0
     rows = []
+    timed, sized = what in ("time", "both"), what in ("memory", "both")
+    nan3 = (float("nan"),) * 3
     for mode in modes:
-        if mode == "fwd":
-            stats = time_ms(fwd, device, repeats)      # grad mode on: the forward of a training step
-            mem = peak_memory_mb(fwd, device)
-        elif mode == "bwd":
+        if mode == "fwd":                              # grad mode on: the forward of a training step
+            stats = time_ms(fwd, device, repeats) if timed else nan3
+            mem = peak_memory_mb(fwd, device) if sized else float("nan")
+        elif mode == "bwd":                            # memory of backward alone is not reported (see fwd+bwd)
             stats = time_ms(lambda out: (mod.backward(out, inputs), mod.zero_grads(inputs)), device, repeats,
-                            setup=fwd)
+                            setup=fwd) if timed else nan3
             mem = float("nan")
         else:
-            stats = time_ms(fwd_bwd, device, repeats)
-            mem = peak_memory_mb(fwd_bwd, device)
+            stats = time_ms(fwd_bwd, device, repeats) if timed else nan3
+            mem = peak_memory_mb(fwd_bwd, device) if sized else float("nan")
         rows.append(dict(op=op, provider=provider, mode=mode, shape=mod.shape_str(shape), dtype=dtype,
                          median_ms=round(stats[0], 4), p20_ms=round(stats[1], 4), p80_ms=round(stats[2], 4),
                          peak_mem_mb=round(mem, 2), warmup_s=round(warmup_s, 3), repeats=repeats,
@@ -183,18 +186,25 @@ def measure_case(op: str, provider: str, shape: dict, dtype: str, device: str, m
 # -------------------------------------------------------------------------------------------- child processes
 def run_isolated(op: str, provider: str, shape: dict, dtype: str, device: str, modes: list[str], warmup: int,
                  repeats: int, timeout: float = 1800.0) -> list[dict]:
-    """measure_case in a fresh child process (see module docstring); returns its rows or one error row."""
-    spec = json.dumps(dict(op=op, provider=provider, shape=shape, dtype=dtype, device=device, modes=modes,
-                           warmup=warmup, repeats=repeats))
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels.harness", spec], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return [dict(op=op, provider=provider, mode=m, shape=bench_module(op).shape_str(shape), dtype=dtype,
-                     note=f"failed: {tail[0][:200]}") for m in modes]
-    return json.loads(lines[-1])["rows"]
+    """measure_case in fresh child processes (timing, then memory; see module docstring); rows or error rows."""
+    results = {}
+    for what in ("time", "memory"):
+        spec = json.dumps(dict(op=op, provider=provider, shape=shape, dtype=dtype, device=device, modes=modes,
+                               warmup=warmup, repeats=repeats, what=what))
+        env = dict(os.environ)
+        if what == "memory" and device == "cpu":
+            env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels.harness", spec], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [dict(op=op, provider=provider, mode=m, shape=bench_module(op).shape_str(shape), dtype=dtype,
+                         note=f"failed ({what}): {tail[0][:200]}") for m in modes]
+        results[what] = json.loads(lines[-1])["rows"]
+    for row, mem_row in zip(results["time"], results["memory"]):
+        row["peak_mem_mb"] = mem_row["peak_mem_mb"]
+    return results["time"]
 
 
 def write_rows(path: str, rows: list[dict], device: str) -> None:
@@ -214,8 +224,10 @@ def write_rows(path: str, rows: list[dict], device: str) -> None:
 
 def _child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
+    repeats = spec["repeats"] if spec["what"] != "memory" else 0
+    warmup = spec["warmup"] if spec["what"] != "memory" else 1
     rows = measure_case(spec["op"], spec["provider"], spec["shape"], spec["dtype"], spec["device"], spec["modes"],
-                        spec["warmup"], spec["repeats"])
+                        warmup, repeats, spec["what"])
     sys.stdout.write(json.dumps(dict(rows=rows)) + "\n")
 
 

@@ -3,13 +3,14 @@
 // The logits are produced one (rows × chunk) fp32 tile at a time by an ATen GEMM (MKL / oneDNN, multithreaded);
 // the row-wise passes over a tile (online log-sum-exp, softmax gradient) run in parallel over rows. Loop order is
 // chunk-outer, row-block-inner, so one chunk of the weight is converted to fp32 once and its gradient
-// accumulates in place. Extra memory: one tile (≤ kTileFloats floats), an fp32 copy of hidden for bf16/fp16
+// accumulates in place. Extra memory: one tile (≤ tile_floats() floats), an fp32 copy of hidden for bf16/fp16
 // inputs, and an fp32 [N, D] d-hidden accumulator in backward; never [N, V].
 //
 // Backward recomputes each tile from the saved LSE:
 //   dz = g / T · (onehot − softmax),  d hidden += dz @ W_c,  d W_c += dzᵀ @ hidden,  d bias_c += Σ_rows dz.
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "../rapid_ops.h"
@@ -19,10 +20,19 @@ namespace rapid {
 namespace cpu {
 namespace {
 
-// Floats in one logits tile: 8 MiB, a few L2s' worth; the row block is derived from it and the vocab chunk.
-constexpr int64_t kTileFloats = int64_t{1} << 21;
+// Floats in one logits tile (default 2^19 = 2 MiB, about one L2: the row passes then read what the GEMM just
+// wrote from cache); the row block is derived from it and the vocab chunk. RAPID_CPU_TILE_FLOATS overrides it
+// (read once), for tuning on other CPUs.
+int64_t tile_floats() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("RAPID_CPU_TILE_FLOATS");
+    const int64_t parsed = env ? std::atoll(env) : 0;
+    return parsed > 0 ? parsed : int64_t{1} << 19;
+  }();
+  return value;
+}
 
-int64_t row_block(int64_t n, int64_t chunk) { return std::min(n, std::max<int64_t>(1, kTileFloats / chunk)); }
+int64_t row_block(int64_t n, int64_t chunk) { return std::min(n, std::max<int64_t>(1, tile_floats() / chunk)); }
 
 at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
 
@@ -122,9 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
         at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
             float* row = zp + i * cols;
-            scale_and_max(row, bias_ptr ? bias_ptr + c0 : nullptr, cols, inv_t);
             const float scale = g[r0 + i] * inv_t;
-            neg_softmax_scaled(row, cols, lse_p[r0 + i], scale);
+            neg_softmax_from_logits(row, bias_ptr ? bias_ptr + c0 : nullptr, cols, inv_t, lse_p[r0 + i], scale);
             const int64_t t = tgt[r0 + i] - c0;
             if (t >= 0 && t < cols) row[t] += scale;
           }

@@ -101,7 +101,7 @@ def test_linear_token_logprobs_chunk_boundaries(vocab):
 
 
 def test_linear_token_logprobs_many_row_blocks():
-    # N · chunk floats exceeds one CPU tile (2^21), so rows are processed in several blocks.
+    # N · chunk floats exceeds one CPU tile (default 2^19), so rows are processed in several blocks.
     torch.manual_seed(3)
     n, dim, vocab = 1100, 8, 2 * _cpp_ops.CPU_VOCAB_CHUNK + 5
     hidden, weight = torch.randn(n, dim), torch.randn(vocab, dim)
