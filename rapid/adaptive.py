@@ -34,7 +34,10 @@ rollout's ``rapid/ess`` / ``rapid/clip_frac``, which are then treated as last-st
       generation and syncing are a small share, a larger H buys little time and costs staleness. If 2H was run
       before, its measured time per sample must also beat H's by ``min_gain`` (a measured answer beats the model);
    c. H < H_max = prompts_per_rollout / prompts_per_step (the rollout buffer was sized for it) and no cooldown.
-3. Otherwise hold H.
+3. **No gain → halve H** when H/2 was measured and H's time per sample is not at least ``min_gain`` better:
+   staleness bought nothing (e.g. HF ``generate`` on a CPU, whose cost per sample does not fall with batch size).
+   Rule 2b then keeps H/2 from growing back, so the two measurements settle it.
+4. Otherwise hold H.
 
 H stays a power-of-two multiple of the start value, so rollouts take few distinct sizes (vLLM/CUDA-graph friendly).
 Start: the largest power of two ≤ √H_max (4 for H_max = 16): safe enough on the first, fully on-policy rollout,
@@ -122,7 +125,10 @@ class AdaptiveH:
                 clip_ok = clip is None or clip <= p.clip_low
             quality_ok = ess_ok and clip_ok and (ess is not None or clip is not None)
             new_h = h
-            if self._cooldown > 0:
+            smaller, current = self.time_per_sample.get(h // 2) if h > 1 else None, self.time_per_sample.get(h)
+            if smaller is not None and current is not None and current > (1 - p.min_gain) * smaller:
+                new_h, reason = h // 2, "no_gain"
+            elif self._cooldown > 0:
                 reason = "cooldown"
             elif h * 2 > self.h_max:
                 reason = "at_max"

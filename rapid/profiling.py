@@ -16,9 +16,10 @@ Measurement rules:
 - On CUDA the device is synchronised at phase boundaries, so queued kernels land in the phase that launched them.
 - A daemon thread samples every ``sample_interval_s`` seconds: GPU utilisation and used memory through NVML
   (``pynvml`` from nvidia-ml-py, imported lazily) on CUDA; otherwise this process's CPU utilisation (percent of
-  all cores) and RSS, from os.times() and /proc/self/statm on Linux (psutil elsewhere). Each sample is attributed to ``current_phase`` at that instant (the innermost
-  running phase). The thread times its own work; ``profile.json`` reports that busy time as a fraction of wall time
-  (``sampler.overhead_frac``; the design budget is < 1 %).
+  all cores) and RSS, from os.times() and /proc/self/statm on Linux (psutil elsewhere). Each sample is
+  attributed to ``current_phase`` at that instant (the innermost running phase). The thread times its own
+  work; ``profile.json`` reports that busy time as a fraction of wall time (``sampler.overhead_frac``; the
+  design budget is < 1 %).
 - FLOPs: 6·P per token for training (forward + backward), 2·P per token for forward-only phases (generation, old
   log-probs, eval), P = parameter count; attention FLOPs are ignored (small at these context lengths). MFU is
   against the nominal dense bf16 peak of the device (``PEAK_FLOPS``); CPUs have no entry, so MFU is omitted there

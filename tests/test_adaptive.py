@@ -126,3 +126,11 @@ def test_step_budget_caps_h_so_sample_budgets_stay_equal():
         run_rollout(ctrl, ess_at=lambda j: 0.99)
     assert ran == [4, 8, 8, 1, 1, 1]          # 4 + 8 + 8 = 20 steps, then the minimum the trainer can take
     assert ctrl.steps_taken == 23
+
+
+def test_no_speed_gain_from_a_bigger_rollout_shrinks_back_and_settles():
+    ctrl = make(16)
+    flat = dict(gen_fixed=0.0, gen_per_step=0.5, train_per_step=1.0)    # time per sample independent of H
+    hs = [run_rollout(ctrl, ess_at=lambda j: 0.99, **flat) for _ in range(5)]
+    assert hs == [8, 4, 4, 4, 4]
+    assert [r["reason"] for r in ctrl.history] == ["grow", "no_gain", "speed", "speed", "speed"]

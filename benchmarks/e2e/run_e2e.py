@@ -1,0 +1,221 @@
+"""End-to-end benchmark: RAPID at H in {1, 2, 4, 8, 16}, GRPG, GRPO and adaptive H on the same model, task, seed
+and sample budget. Each run is a separate subprocess (benchmarks/e2e/worker.py), so one crash does not end the rest.
+
+    # CPU: tiny warm-started model on the built-in arithmetic task (accuracy = greedy held-out exact match)
+    python benchmarks/e2e/run_e2e.py --budget-samples 1024 --out runs/e2e-cpu
+    # GPU: Qwen2.5-0.5B-shaped random model with vLLM (throughput only)
+    python benchmarks/e2e/run_e2e.py --gpu --out runs/e2e-gpu
+
+Writes OUT/e2e.csv (one row per run), OUT/e2e.png (accuracy vs training wall-clock; wall-clock per phase) and
+prints one JSON line last. Times are training wall-clock (generation + rewards + updates + weight sync), eval
+excluded, summed from the trainer's profiler (``timing_s/*``); model set-up and the SFT warm start are excluded.
+Time-to-accuracy is the training time at which held-out accuracy first reaches ``--target`` (default: the initial
+accuracy plus half of the best final improvement among the runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DEFAULT_RUNS = "rapid-h1,rapid-h2,rapid-h4,rapid-h8,rapid-h16,grpg,grpo,rapid-auto"
+PASS = ("model", "engine", "budget_samples", "group_size", "prompts_per_step", "max_new_tokens", "lr",
+        "threads", "eval_every_steps", "n_eval", "max_h", "grpo_h")
+CSV_FIELDS = ("run", "seed", "algo", "h", "status", "samples", "optimizer_steps", "rollouts", "train_s",
+              "samples_per_s", "gen_s", "update_actor_s", "other_s", "accuracy_init", "accuracy_final",
+              "time_to_target_s", "ess_mean", "clip_frac_mean", "h_trace", "device", "threads", "torch", "date",
+              "git_rev")
+
+
+def git_rev() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "rapid", "benchmarks/e2e"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def run_one(run: str, seed: int, args, out: Path) -> dict:
+    cmd = [sys.executable, str(HERE / "worker.py"), "--run", run, "--out", str(out), "--seed", str(seed)]
+    for name in PASS:
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    (out / run).mkdir(parents=True, exist_ok=True)
+    log = out / run / "log.txt"
+    start = time.perf_counter()
+    try:
+        with open(log, "w", encoding="utf-8") as f:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout)
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        status = f"timeout {args.timeout}s"
+    result_file = out / run / "result.json"
+    if status == "ok" and result_file.exists():
+        result = json.loads(result_file.read_text())
+    else:
+        result = {"run": run}
+        print(f"[e2e] {run}: {status}; see {log}", file=sys.stderr)
+    result["status"] = status
+    result["seed"] = seed
+    result["process_s"] = time.perf_counter() - start
+    return result
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    return next((p["train_s"] for p in curve if p["accuracy"] >= target), None)
+
+
+def to_row(r: dict, target: float | None, rev: str) -> dict:
+    phases = r.get("phases_s", {})
+    gen, upd = phases.get("timing_s/gen"), phases.get("timing_s/update_actor")
+    step = phases.get("timing_s/step")
+    other = step - (gen or 0) - (upd or 0) if step is not None else None
+    row = {k: r.get(k) for k in CSV_FIELDS}
+    row.update(gen_s=gen, update_actor_s=upd, other_s=other, git_rev=rev,
+               h_trace=" ".join(map(str, r.get("h_trace", []))),
+               time_to_target_s=time_to(r["curve"], target) if target is not None and r.get("curve") else None)
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict[str, dict]:
+    """Per run, over seeds: mean train_s / samples/s / final accuracy; time-to-target is the median over seeds,
+    None unless every seed reached the target."""
+    out: dict[str, dict] = {}
+    for run in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == run and r["status"] == "ok"]
+        if not mine:
+            continue
+        reached = [r["time_to_target_s"] for r in mine if r["time_to_target_s"] is not None]
+        out[run] = {"seeds_ok": len(mine), "train_s": statistics.fmean(r["train_s"] for r in mine),
+                    "samples_per_s": statistics.fmean(r["samples_per_s"] for r in mine),
+                    "accuracy_final": statistics.fmean(r["accuracy_final"] for r in mine),
+                    "time_to_target_s": statistics.median(reached) if len(reached) == len(mine) else None,
+                    "reached_target": f"{len(reached)}/{len(mine)}"}
+    return out
+
+
+def plot(results: list[dict], rows: list[dict], target: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5))
+    colours: dict[str, str] = {}
+    for r in results:
+        if r.get("curve"):
+            colour = colours.setdefault(r["run"], f"C{len(colours) % 10}")
+            a1.plot([p["train_s"] for p in r["curve"]], [p["accuracy"] for p in r["curve"]], marker="o", ms=3,
+                    color=colour, label=r["run"] if r["seed"] == results[0]["seed"] else None, alpha=0.8,
+                    ls="--" if r["run"] in ("grpg", "grpo") else "-")
+    if target is not None:
+        a1.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:.3f}")
+    a1.set_xlabel("training wall-clock (s, eval excluded)")
+    a1.set_ylabel("held-out accuracy")
+    a1.legend(fontsize=8)
+    names = list(dict.fromkeys(row["run"] for row in rows if row["status"] == "ok"))
+    bottom = [0.0] * len(names)
+    for key, colour in (("gen_s", "tab:blue"), ("update_actor_s", "tab:orange"), ("other_s", "tab:gray")):
+        vals = [statistics.fmean(row[key] or 0.0 for row in rows if row["run"] == n and row["status"] == "ok")
+                for n in names]
+        a2.bar(names, vals, bottom=bottom, color=colour, label=key[:-2])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    a2.set_ylabel("wall-clock (s) for the same sample budget (mean over seeds)")
+    a2.tick_params(axis="x", rotation=45)
+    a2.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=DEFAULT_RUNS)
+    p.add_argument("--out", default=None)
+    p.add_argument("--gpu", action="store_true", help="qwen0.5b-random + vLLM, 256 new tokens, 8192 samples")
+    p.add_argument("--model", choices=("tiny", "qwen0.5b-random"), default=None)
+    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default=None)
+    p.add_argument("--budget-samples", type=int, default=None)
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--prompts-per-step", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seeds", default="0", help="RL seeds, comma list (the warm start is shared)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--eval-every-steps", type=int, default=None)
+    p.add_argument("--n-eval", type=int, default=None)
+    p.add_argument("--max-h", type=int, default=None)
+    p.add_argument("--grpo-h", type=int, default=None)
+    p.add_argument("--target", type=float, default=None, help="accuracy for time-to-accuracy")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    args = p.parse_args(argv)
+    if args.gpu:
+        args.model = args.model or "qwen0.5b-random"
+        args.engine = args.engine or "vllm"
+        args.max_new_tokens = args.max_new_tokens or 256
+        args.budget_samples = args.budget_samples or 8192
+        args.eval_every_steps = args.eval_every_steps or 1_000_000   # throughput only: no mid-run evals
+        args.n_eval = args.n_eval or 64
+    out = Path(args.out or f"runs/e2e-{'gpu' if args.gpu else 'cpu'}")
+    out.mkdir(parents=True, exist_ok=True)
+    rev = git_rev()
+    results = []
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        for run in [r.strip() for r in args.runs.split(",") if r.strip()]:
+            print(f"[e2e] {run} seed {seed} ...", file=sys.stderr, flush=True)
+            results.append(run_one(run, seed, args, out / f"seed{seed}"))
+            r = results[-1]
+            print(f"[e2e] {run} seed {seed}: {r['status']} train_s={r.get('train_s')} "
+                  f"samples/s={r.get('samples_per_s')} acc={r.get('accuracy_final')}", file=sys.stderr, flush=True)
+    ok = [r for r in results if r["status"] == "ok"]
+    target = args.target
+    if target is None and ok and all(r.get("curve") for r in ok):
+        init = statistics.fmean(r["accuracy_init"] for r in ok)
+        best = max(statistics.fmean(r["accuracy_final"] for r in ok if r["run"] == run)
+                   for run in {r["run"] for r in ok})
+        target = init + 0.5 * (best - init) if best > init else None
+    rows = [to_row(r, target, rev) if r["status"] == "ok" else {**{k: None for k in CSV_FIELDS}, "run": r["run"],
+            "seed": r["seed"], "status": r["status"], "git_rev": rev} for r in results]
+    with open(out / "e2e.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    device = ok[0]["device"] if ok else "?"
+    plot(results, rows, target, out / "e2e.png", f"rapid e2e — {device}, {args.budget_samples or 'default'} samples")
+    print(json.dumps(headline(rows, target, device, rev, args)))
+    return 0 if ok else 1
+
+
+def headline(rows: list[dict], target: float | None, device: str, rev: str, args) -> dict:
+    """The targets: RAPID vs GRPG wall-clock at equal samples, and adaptive vs best fixed H time-to-accuracy."""
+    by = aggregate(rows)
+    fixed = {k: v for k, v in by.items() if k.startswith("rapid-h")}
+    out: dict = {"benchmark": "e2e", "device": device, "git_rev": rev, "target_accuracy": target,
+                 "seeds": args.seeds, "budget_samples": args.budget_samples, "runs": by}
+    grpg = by.get("grpg")
+    if grpg and fixed:
+        fastest = min(fixed.values(), key=lambda v: v["train_s"])
+        out["rapid_fastest_fixed_h"] = fastest["run"]
+        out["rapid_vs_grpg_time_saving"] = 1 - fastest["train_s"] / grpg["train_s"]
+        out["rapid_vs_grpg_accuracy_delta"] = (fastest["accuracy_final"] or 0) - (grpg["accuracy_final"] or 0)
+    reached = {k: v for k, v in fixed.items() if v["time_to_target_s"] is not None}
+    if reached:
+        best = min(reached.values(), key=lambda v: v["time_to_target_s"])
+        out["best_fixed_h_by_time_to_target"] = best["run"]
+        auto = by.get("rapid-auto")
+        if auto and auto["time_to_target_s"] is not None:
+            out["auto_vs_best_fixed_time_to_target"] = auto["time_to_target_s"] / best["time_to_target_s"]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

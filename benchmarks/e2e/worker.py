@@ -1,0 +1,209 @@
+"""One end-to-end run of the e2e benchmark (a subprocess of run_e2e.py, so one crash does not end the others).
+
+    python benchmarks/e2e/worker.py --run rapid-h4 --out runs/e2e [options]   # writes runs/e2e/rapid-h4/result.json
+
+Runs (all with the same model, task, seed, prompts per step, group size and *sample budget*):
+    rapid-h{H}   RAPID, H optimizer steps per rollout (rollout = H * prompts_per_step prompts)
+    grpg         on-policy group policy gradient (H = 1, w = 1)
+    grpo         PPO-clip per-token, std-normalised advantages, --grpo-h mini-batches per rollout (as TRL/verl)
+    rapid-auto   RAPID with adaptive H (rapid.adaptive.AdaptiveH), H_max = --max-h, capped at the same budget
+
+Models: ``tiny`` (CPU): the demo's SFT-warm-started tiny Qwen2 on the demo's arithmetic task (rapid.demo, cached
+under .cache/rapid-demo/); accuracy is greedy exact-match on the held-out split. ``qwen0.5b-random`` (GPU):
+a Qwen2.5-0.5B-shaped model with random bf16 weights and a padded char tokenizer: throughput only (rewards ~0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+QWEN05B_SHAPE = dict(num_layers=24, hidden_size=896, num_heads=14, num_kv_heads=2, intermediate_size=4864,
+                     max_position_embeddings=32768)
+QWEN_VOCAB = 151_936
+
+
+def parse_run(run: str, max_h: int, grpo_h: int) -> dict:
+    """Run name -> algo, H (rollout size in steps) and whether H is adaptive."""
+    m = re.fullmatch(r"rapid-h(\d+)", run)
+    if m:
+        return {"algo": "rapid", "h": int(m.group(1)), "adaptive": False}
+    if run == "grpg":
+        return {"algo": "grpg", "h": 1, "adaptive": False}
+    if run == "grpo":
+        return {"algo": "grpo", "h": grpo_h, "adaptive": False}
+    if run == "rapid-auto":
+        return {"algo": "rapid", "h": max_h, "adaptive": True}
+    raise ValueError(f"unknown run {run!r}: rapid-h<H>, grpg, grpo or rapid-auto")
+
+
+def tiny_setup(seed: int = 0, log=None):
+    """The demo's warm-started tiny model (rapid.demo.sft_warm_start, cached) and the demo's arithmetic task."""
+    from rapid.demo import DemoSettings, sft_warm_start
+    from rapid.tasks.arithmetic import make_arithmetic_task
+
+    settings = DemoSettings(seed=seed)
+    task = make_arithmetic_task(settings.difficulty, settings.n_train, settings.n_eval, settings.seed,
+                                digits=getattr(settings, "digits", None))
+    model, tok, _ = sft_warm_start(settings, task, log=log or (lambda msg: logging.info("%s", msg)))
+    return model, tok, task
+
+
+def qwen_random_setup(args, workdir: Path):
+    """Qwen2.5-0.5B shape, random weights, saved to disk (vLLM loads a path). Throughput only."""
+    from transformers import AutoModelForCausalLM
+
+    from rapid.tasks.arithmetic import make_arithmetic_task
+    from rapid.tiny import build_tokenizer, save_tiny, tiny_config
+
+    tok = build_tokenizer()
+    # random weights sample any of the 151 936 ids: give every id a printable token so decoding never fails
+    tok.add_tokens([f"<r{i}>" for i in range(QWEN_VOCAB - len(tok))])
+    config = tiny_config(QWEN_VOCAB, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, **QWEN05B_SHAPE)
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    path = save_tiny(model, tok, workdir / "qwen0.5b-random")
+    task = make_arithmetic_task(difficulty=2, n_train=4000, n_eval=args.n_eval, seed=args.seed)
+    return str(path), tok, task
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", choices=("tiny", "qwen0.5b-random"), default="tiny")
+    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="hf")
+    p.add_argument("--budget-samples", type=int, default=1024, help="completions per run (all runs equal)")
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
+    p.add_argument("--lr", type=float, default=1e-3, help="the demo's RL learning rate")
+    p.add_argument("--seed", type=int, default=0, help="RL seed (sampling, prompt order)")
+    p.add_argument("--warm-seed", type=int, default=0, help="seed of the demo's SFT warm start (cached per seed)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the demo's: tiny matmuls)")
+    p.add_argument("--eval-every-steps", type=int, default=8, help="evaluate about every this many steps")
+    p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--max-h", type=int, default=16)
+    p.add_argument("--grpo-h", type=int, default=4)
+    p.add_argument("--max-train-seconds", type=float, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    import rapid
+    from rapid.loggers import read_metrics
+
+    spec = parse_run(args.run, args.max_h, args.grpo_h)
+    run_dir = Path(args.out) / args.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    samples_per_step = args.prompts_per_step * args.group_size
+    if args.budget_samples % (samples_per_step * spec["h"]):
+        raise SystemExit(f"--budget-samples ({args.budget_samples}) must be a multiple of prompts_per_step * "
+                         f"group_size * H ({samples_per_step * spec['h']}) for {args.run}")
+    budget_steps = args.budget_samples // samples_per_step
+    t_setup = time.perf_counter()
+    if args.model == "tiny":
+        model, tok, task = tiny_setup(args.warm_seed)
+    else:
+        model, tok, task = qwen_random_setup(args, run_dir)
+    setup_s = time.perf_counter() - t_setup
+    max_new = args.max_new_tokens or task.max_new_tokens
+    extra = {"benchmark": "e2e", "run": args.run}
+    if spec["adaptive"]:
+        extra["adaptive_h"] = {"max_steps": budget_steps}
+        num_rollouts = budget_steps       # enough even if H falls to 1; rollouts past the budget are cut below
+        eval_every = 1
+    else:
+        num_rollouts = budget_steps // spec["h"]
+        eval_every = max(1, args.eval_every_steps // spec["h"])
+    cfg = rapid.RapidConfig(
+        algo=spec["algo"], group_size=args.group_size, prompts_per_step=args.prompts_per_step,
+        prompts_per_rollout=spec["h"] * args.prompts_per_step, num_rollouts=num_rollouts, adaptive_h=spec["adaptive"],
+        max_new_tokens=max_new, lr=args.lr, engine=args.engine, seed=args.seed, output_dir=str(run_dir / "train"),
+        eval_every=eval_every, progress_bar=False, max_train_seconds=args.max_train_seconds, extra=extra)
+    t0 = time.perf_counter()
+    result = rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok, eval_dataset=task.eval)
+    wall = time.perf_counter() - t0
+    records = read_metrics(str(run_dir / "train"))
+    kept = within_budget(records, budget_steps)
+    summary = summarize(args, spec, kept, samples_per_step, wall, setup_s)
+    summary["steps_run_past_budget"] = sum(int(r.get("rapid/steps", 0)) for r in records) - summary["optimizer_steps"]
+    summary["interrupted"] = result.interrupted
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
+    return 0
+
+
+def within_budget(records: list[dict], budget_steps: int) -> list[dict]:
+    """The records up to the rollout that completes the step budget (and the evals logged with or after it).
+
+    Fixed-H runs end exactly there. An adaptive run cannot tell the trainer to stop (AdaptiveH only caps each
+    rollout at the steps left, minimum 1), so the 1-step rollouts it runs past the budget are cut off here."""
+    kept, steps = [], 0
+    for r in records:
+        n = int(r.get("rapid/steps", 0))
+        if n and steps >= budget_steps:
+            break
+        steps += n
+        kept.append(r)
+    return kept
+
+
+def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall: float, setup_s: float) -> dict:
+    """Per-run numbers: phase wall-clock, samples/s, and the accuracy-vs-train-time curve."""
+    steps = [r for r in records if "rapid/steps" in r]
+    phases: dict[str, float] = {}
+    for r in steps:
+        for key, value in r.items():
+            if key.startswith("timing_s/") and isinstance(value, (int, float)):
+                phases[key] = phases.get(key, 0.0) + value
+    samples = sum(int(r["rapid/steps"]) for r in steps) * samples_per_step
+    train_s = steps[-1]["time/train_s"] if steps else 0.0
+    curve, n_steps = [], 0
+    for r in records:
+        n_steps += int(r.get("rapid/steps", 0))
+        if "eval/reward" in r:
+            curve.append({"train_s": r["time/train_s"], "samples": n_steps * samples_per_step,
+                          "accuracy": r["eval/reward"]})
+    return {
+        "run": args.run, "algo": spec["algo"], "h": "auto" if spec["adaptive"] else spec["h"],
+        "h_trace": [int(r["rapid/steps"]) for r in steps],
+        "model": args.model, "engine": args.engine, "seed": args.seed, "budget_samples": args.budget_samples,
+        "samples": samples, "optimizer_steps": sum(int(r["rapid/steps"]) for r in steps), "rollouts": len(steps),
+        "train_s": train_s, "samples_per_s": samples / train_s if train_s else None,
+        "phases_s": phases, "accuracy_init": curve[0]["accuracy"] if curve else None,
+        "accuracy_final": curve[-1]["accuracy"] if curve else None, "curve": curve,
+        "wall_with_eval_s": wall, "setup_s": setup_s,
+        "ess_mean": _mean([r.get("rapid/ess") for r in steps]),
+        "clip_frac_mean": _mean([r.get("rapid/clip_frac") for r in steps]),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
+        "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
+    }
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
