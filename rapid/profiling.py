@@ -67,7 +67,8 @@ def peak_flops_for(device_name: str) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo, or the device type."""
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):
@@ -191,7 +192,7 @@ class Profiler:
         self.enabled = enabled
         self.output_dir = output_dir
         self.num_params = num_params
-        self.device_name = _device_name(self.device) if enabled else self.device.type
+        self.device_name = device_name(self.device) if enabled else self.device.type
         nominal, measured = peak_flops_for(self.device_name) if self.device.type == "cuda" else (None, None)
         self.peak_flops = peak_flops if peak_flops is not None else nominal
         self.peak_flops_measured = measured

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from rapid.profiling import Profiler, _Sampler
+from rapid.profiling import Profiler, _Sampler, device_name
 from rapid.tiny import build_tiny
 
 MODES = {"disabled": dict(enabled=False), "disabled_again": dict(enabled=False),
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 busy[mode].append(prof._sampler.busy_s / wall)
             prof.close()
     base = statistics.median(times["disabled"])
-    result = {"benchmark": "profiler_overhead", "device": _cpu_name(), "threads": args.threads,
+    result = {"benchmark": "profiler_overhead", "device": device_name(torch.device("cpu")),
+              "threads": args.threads,
               "torch": torch.__version__, "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
               "steps": args.steps, "rounds": args.rounds, "median_step_s_disabled": base,
@@ -89,11 +90,6 @@ def main(argv: list[str] | None = None) -> int:
             result[f"sampler_busy_pct/{mode}"] = 100 * statistics.fmean(busy[mode])
     print(json.dumps(result))
     return 0
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
 
 
 if __name__ == "__main__":

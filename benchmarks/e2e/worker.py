@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from rapid.profiling import device_name
+
 QWEN05B_SHAPE = dict(num_layers=24, hidden_size=896, num_heads=14, num_kv_heads=2, intermediate_size=4864,
                      max_position_embeddings=32768)
 QWEN_VOCAB = 151_936
@@ -186,7 +188,7 @@ def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall
         "wall_with_eval_s": wall, "setup_s": setup_s,
         "ess_mean": _mean([r.get("rapid/ess") for r in steps]),
         "clip_frac_mean": _mean([r.get("rapid/clip_frac") for r in steps]),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else device_name(torch.device("cpu")),
         "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
     }
@@ -195,14 +197,6 @@ def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall
 def _mean(values) -> float | None:
     vals = [v for v in values if isinstance(v, (int, float))]
     return sum(vals) / len(vals) if vals else None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
-    except OSError:
-        return platform.machine()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ CSV_FIELDS = ("provider", "h", "repeat", "status", "steps_timed", "samples_timed
               "warmup_s", "gen_s", "update_actor_s", "reward_mean", "version", "device", "threads", "date", "command")
 
 
+def cpu_name() -> str:
+    import torch
+
+    from rapid.profiling import device_name
+
+    return device_name(torch.device("cpu"))
+
+
 def warm_model(seed: int):
     """The demo's warm-started tiny model and task, exactly as the e2e benchmark builds them."""
     sys.path.insert(0, str(ROOT / "benchmarks" / "e2e"))
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[peers] {provider} H={h} ...", file=sys.stderr, flush=True)
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             row = {"provider": provider, "h": h, "repeat": rep, "command": " ".join(cmd[1:]), "threads": args.threads,
-                   "device": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())}
+                   "device": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())}
             try:
                 proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
                 (out / f"{provider}_h{h}_r{rep}.log").write_text(proc.stdout + proc.stderr)
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"benchmark": "peers_trl_grpo", "device": _cpu_name(), "threads": args.threads,
+    summary = {"benchmark": "peers_trl_grpo", "device": cpu_name(), "threads": args.threads,
                "python": platform.python_version(), "steps": args.steps, "group_size": args.group_size,
                "prompts_per_step": args.prompts_per_step}
     for provider in ("rapid", "trl"):
@@ -185,11 +193,6 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"speedup_h{h}_pairwise_median"] = statistics.median(x / y for x, y in pairs)
     print(json.dumps(summary))
     return 0
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
 
 
 if __name__ == "__main__":
