@@ -216,7 +216,9 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                 save()
         interrupted = stop.requested
         bar.close()
-        if not interrupted and (eval_rows is not None or eval_fn is not None):
+        already = bool(history) and history[-1].get("rollout") == state["rollout"] and any(
+            k.startswith("eval/") for k in history[-1])
+        if not interrupted and not already and (eval_rows is not None or eval_fn is not None):
             sink.log({"rollout": state["rollout"], "time/train_s": state["train_seconds"], "final": True,
                       **evaluate()})
         save()
