@@ -109,13 +109,17 @@ def plot(results: list[dict], rows: list[dict], target: float | None, path: Path
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5))
-    colours: dict[str, str] = {}
-    for r in results:
-        if r.get("curve"):
-            colour = colours.setdefault(r["run"], f"C{len(colours) % 10}")
-            a1.plot([p["train_s"] for p in r["curve"]], [p["accuracy"] for p in r["curve"]], marker="o", ms=3,
-                    color=colour, label=r["run"] if r["seed"] == results[0]["seed"] else None, alpha=0.8,
-                    ls="--" if r["run"] in ("grpg", "grpo") else "-")
+    for i, run in enumerate(dict.fromkeys(r["run"] for r in results)):
+        curves = [r["curve"] for r in results if r["run"] == run and r.get("curve")]
+        if not curves:
+            continue
+        colour, ls = f"C{i % 10}", "--" if run in ("grpg", "grpo") else "-"
+        for c in curves if len(curves) > 1 else []:          # each seed, faint
+            a1.plot([p["train_s"] for p in c], [p["accuracy"] for p in c], color=colour, ls=ls, alpha=0.15)
+        n = min(len(c) for c in curves)                        # same eval schedule per run: average by index
+        a1.plot([statistics.fmean(c[j]["train_s"] for c in curves) for j in range(n)],
+                [statistics.fmean(c[j]["accuracy"] for c in curves) for j in range(n)],
+                color=colour, ls=ls, marker="o", ms=3, label=f"{run} (mean of {len(curves)})")
     if target is not None:
         a1.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:.3f}")
     a1.set_xlabel("training wall-clock (s, eval excluded)")
@@ -128,7 +132,7 @@ def plot(results: list[dict], rows: list[dict], target: float | None, path: Path
                 for n in names]
         a2.bar(names, vals, bottom=bottom, color=colour, label=key[:-2])
         bottom = [b + v for b, v in zip(bottom, vals)]
-    a2.set_ylabel("wall-clock (s) for the same sample budget (mean over seeds)")
+    a2.set_ylabel("wall-clock (s), same samples, seed mean")
     a2.tick_params(axis="x", rotation=45)
     a2.legend(fontsize=8)
     fig.suptitle(title)
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpo-h", type=int, default=None)
     p.add_argument("--target", type=float, default=None, help="accuracy for time-to-accuracy")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    p.add_argument("--report-only", action="store_true", help="rebuild CSV/plot/JSON from OUT's result files")
     args = p.parse_args(argv)
     if args.gpu:
         args.model = args.model or "qwen0.5b-random"
@@ -171,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in [int(x) for x in args.seeds.split(",")]:
         for run in [r.strip() for r in args.runs.split(",") if r.strip()]:
+            if args.report_only:
+                done = out / f"seed{seed}" / run / "result.json"
+                status = "ok" if done.exists() else "missing"
+                results.append({**(json.loads(done.read_text()) if done.exists() else {"run": run}),
+                                "status": status, "seed": seed})
+                continue
             print(f"[e2e] {run} seed {seed} ...", file=sys.stderr, flush=True)
             results.append(run_one(run, seed, args, out / f"seed{seed}"))
             r = results[-1]
@@ -203,14 +214,16 @@ def headline(rows: list[dict], target: float | None, device: str, rev: str, args
                  "seeds": args.seeds, "budget_samples": args.budget_samples, "runs": by}
     grpg = by.get("grpg")
     if grpg and fixed:
-        fastest = min(fixed.values(), key=lambda v: v["train_s"])
-        out["rapid_fastest_fixed_h"] = fastest["run"]
+        name = min(fixed, key=lambda k: fixed[k]["train_s"])
+        fastest = fixed[name]
+        out["rapid_fastest_fixed_h"] = name
         out["rapid_vs_grpg_time_saving"] = 1 - fastest["train_s"] / grpg["train_s"]
         out["rapid_vs_grpg_accuracy_delta"] = (fastest["accuracy_final"] or 0) - (grpg["accuracy_final"] or 0)
     reached = {k: v for k, v in fixed.items() if v["time_to_target_s"] is not None}
     if reached:
-        best = min(reached.values(), key=lambda v: v["time_to_target_s"])
-        out["best_fixed_h_by_time_to_target"] = best["run"]
+        name = min(reached, key=lambda k: reached[k]["time_to_target_s"])
+        best = reached[name]
+        out["best_fixed_h_by_time_to_target"] = name
         auto = by.get("rapid-auto")
         if auto and auto["time_to_target_s"] is not None:
             out["auto_vs_best_fixed_time_to_target"] = auto["time_to_target_s"] / best["time_to_target_s"]
