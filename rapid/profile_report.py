@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-
-logger = logging.getLogger(__name__)
 
 PROFILE_FILE = "profile.json"
 TIMELINE_FILE = "profile_timeline.png"
