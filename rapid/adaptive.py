@@ -6,6 +6,7 @@ Interface used by the trainer (each rollout generates ``next_h() * prompts_per_s
     h = controller.next_h()            # before generating
     controller.observe_step(step_metrics)   # optional, after each optimizer step (rapid/ess, rapid/clip_frac)
     controller.update(metrics)         # after the rollout: timing_s/*, and rapid/ess, rapid/clip_frac
+    if controller.exhausted: break     # only with a step budget (AdaptiveHParams.max_steps)
 
 The rule (``update``), and why
 ------------------------------
@@ -99,6 +100,11 @@ class AdaptiveH:
         if self.params.max_steps is not None:
             return max(1, min(self.h, self.params.max_steps - self.steps_taken))
         return self.h
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``max_steps`` (if set) is spent: a trainer honouring a sample budget stops here."""
+        return self.params.max_steps is not None and self.steps_taken >= self.params.max_steps
 
     def observe_step(self, metrics: dict[str, float]) -> None:
         """Record one optimizer step's diagnostics (rapid/ess, rapid/clip_frac) of the current rollout."""

@@ -125,7 +125,8 @@ def test_step_budget_caps_h_so_sample_budgets_stay_equal():
         ran.append(ctrl.next_h())
         run_rollout(ctrl, ess_at=lambda j: 0.99)
     assert ran == [4, 8, 8, 1, 1, 1]          # 4 + 8 + 8 = 20 steps, then the minimum the trainer can take
-    assert ctrl.steps_taken == 23
+    assert ctrl.steps_taken == 23 and ctrl.exhausted
+    assert not make(16).exhausted
 
 
 def test_no_speed_gain_from_a_bigger_rollout_shrinks_back_and_settles():
