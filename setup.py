@@ -44,7 +44,7 @@ def _extras() -> dict[str, list[str]]:
         "triton": ["triton>=3.4"],
         "tasks": ["math-verify>=0.9", "pyarrow>=15", "datasets>=3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "peft>=0.17", "triton>=3.4",
-                "pybind11>=2.12", "math-verify>=0.9", "pyarrow>=15"],
+                "pybind11>=2.12", "math-verify>=0.9", "pyarrow>=15", "ninja>=1.11"],
         "bench": ["pytest-benchmark>=4", "trl>=0.24", "datasets>=3", "liger-kernel>=0.6", "nvidia-ml-py>=12",
                   "tensorboard>=2.16"],
     }

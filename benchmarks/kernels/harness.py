@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 COLUMNS = ["timestamp", "git_rev", "device", "device_name", "torch", "triton", "threads", "op", "provider", "mode",
-           "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "warmup_s", "repeats", "note"]
+           "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "cpu_ms", "peak_mem_mb", "warmup_s", "repeats", "note"]
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("token_logprobs", "linear_token_logprobs", "rapid_loss")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -129,17 +129,19 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
 
 
 def time_ms(fn: Callable[[], object], device: str, repeats: int, setup: Callable[[], object] | None = None):
-    """(median, p20, p80) wall milliseconds of fn over ``repeats`` synchronised calls; setup runs untimed."""
-    times = []
+    """(median, p20, p80) wall ms of fn over ``repeats`` synchronised calls, and the median process CPU ms (all
+    threads; on a shared CPU, wall ≫ CPU / threads shows time lost waiting for cores). setup runs untimed."""
+    times, cpu = [], []
     for _ in range(repeats):
         state = setup() if setup is not None else None
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn() if state is None else fn(state)
         _sync(device)
         times.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - cpu_start) * 1e3)
     t = torch.tensor(times, dtype=torch.float64)
-    return t.median().item(), t.quantile(0.2).item(), t.quantile(0.8).item()
+    return t.median().item(), t.quantile(0.2).item(), t.quantile(0.8).item(), torch.tensor(cpu).median().item()
 
 
 def measure_case(op: str, provider: str, shape: dict, dtype: str, device: str, modes: list[str], warmup: int,
@@ -164,20 +166,21 @@ def measure_case(op: str, provider: str, shape: dict, dtype: str, device: str, m
     warmup_s = time.perf_counter() - t0
     rows = []
     timed, sized = what in ("time", "both"), what in ("memory", "both")
-    nan3 = (float("nan"),) * 3
+    nan4 = (float("nan"),) * 4
     for mode in modes:
         if mode == "fwd":                              # grad mode on: the forward of a training step
-            stats = time_ms(fwd, device, repeats) if timed else nan3
+            stats = time_ms(fwd, device, repeats) if timed else nan4
             mem = peak_memory_mb(fwd, device) if sized else float("nan")
         elif mode == "bwd":                            # memory of backward alone is not reported (see fwd+bwd)
             stats = time_ms(lambda out: (mod.backward(out, inputs), mod.zero_grads(inputs)), device, repeats,
-                            setup=fwd) if timed else nan3
+                            setup=fwd) if timed else nan4
             mem = float("nan")
         else:
-            stats = time_ms(fwd_bwd, device, repeats) if timed else nan3
+            stats = time_ms(fwd_bwd, device, repeats) if timed else nan4
             mem = peak_memory_mb(fwd_bwd, device) if sized else float("nan")
         rows.append(dict(op=op, provider=provider, mode=mode, shape=mod.shape_str(shape), dtype=dtype,
                          median_ms=round(stats[0], 4), p20_ms=round(stats[1], 4), p80_ms=round(stats[2], 4),
+                         cpu_ms=round(stats[3], 4),
                          peak_mem_mb=round(mem, 2), warmup_s=round(warmup_s, 3), repeats=repeats,
                          threads=torch.get_num_threads()))
     return rows

@@ -57,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                                             repeats)
                 harness.write_rows(args.out, rows, args.device)
                 for row in rows:
-                    log.info("%-22s %-14s %-8s %-26s %-9s median %9.3f ms  peak %9.1f MB  %s", op, provider,
-                             row["mode"], shape, dtype, row.get("median_ms", float("nan")),
-                             row.get("peak_mem_mb", float("nan")), row.get("note", ""))
+                    log.info("%-22s %-14s %-8s %-26s %-9s median %9.3f ms (cpu %9.1f ms)  peak %9.1f MB  %s", op,
+                             provider, row["mode"], shape, dtype, row.get("median_ms", float("nan")),
+                             row.get("cpu_ms", float("nan")), row.get("peak_mem_mb", float("nan")),
+                             row.get("note", ""))
                 summary += rows
     sys.stdout.write(json.dumps(dict(out=args.out, rows=len(summary), device=harness.device_name(args.device))) + "\n")
     return 0

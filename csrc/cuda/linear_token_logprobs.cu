@@ -107,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
   const auto fopts = hidden.options().dtype(at::kFloat);
   need_bias = need_bias && bias.has_value();
   at::Tensor d_hidden = need_hidden ? at::zeros({n, dim}, fopts) : at::empty({0}, hidden.options());
-  at::Tensor d_weight = need_weight ? at::zeros({vocab, dim}, fopts) : at::empty({0}, weight.options());
+  // d weight in its own dtype, each chunk's rows accumulated in an fp32 (chunk, D) buffer then written once.
+  at::Tensor d_weight = need_weight ? at::zeros_like(weight) : at::empty({0}, weight.options());
   at::Tensor d_bias = need_bias ? at::zeros({vocab}, fopts) : at::empty({0}, fopts);
   chunk = std::max<int64_t>(1, std::min(chunk, vocab));
   const int64_t rblock = std::max<int64_t>(1, row_block(n, chunk));
@@ -117,6 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
   for (int64_t c0 = 0; n > 0 && c0 < vocab && (need_hidden || need_weight || need_bias); c0 += chunk) {
     const int64_t cols = std::min(chunk, vocab - c0);
     const at::Tensor w_c = weight.narrow(0, c0, cols);
+    at::Tensor dw_c = need_weight ? at::zeros({cols, dim}, fopts) : at::Tensor();
     for (int64_t r0 = 0; r0 < n; r0 += rblock) {
       const int64_t rows = std::min(rblock, n - r0);
       const at::Tensor h_blk = hidden.narrow(0, r0, rows);
@@ -130,12 +132,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       if (need_hidden) d_hidden.narrow(0, r0, rows).add_(mm_float(dz, w_c));
-      if (need_weight) d_weight.narrow(0, c0, cols).add_(mm_float(dz.t(), h_blk));
+      if (need_weight) dw_c.add_(mm_float(dz.t(), h_blk));
       if (need_bias) d_bias.narrow(0, c0, cols).add_(dz.sum(0, /*keepdim=*/false, at::kFloat));
     }
+    if (need_weight) d_weight.narrow(0, c0, cols).copy_(dw_c);
   }
   if (need_hidden) d_hidden = d_hidden.to(hidden.scalar_type());
-  if (need_weight) d_weight = d_weight.to(weight.scalar_type());
   if (need_bias) d_bias = d_bias.to(bias->scalar_type());
   return {d_hidden, d_weight, d_bias};
 }
