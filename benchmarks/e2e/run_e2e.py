@@ -31,8 +31,8 @@ PASS = ("model", "engine", "budget_samples", "group_size", "prompts_per_step", "
         "threads", "eval_every_steps", "n_eval", "max_h", "grpo_h")
 CSV_FIELDS = ("run", "seed", "algo", "h", "status", "samples", "optimizer_steps", "rollouts", "train_s",
               "samples_per_s", "gen_s", "update_actor_s", "other_s", "accuracy_init", "accuracy_final",
-              "time_to_target_s", "ess_mean", "clip_frac_mean", "h_trace", "device", "threads", "torch", "date",
-              "git_rev")
+              "time_to_target_s", "ess_mean", "clip_frac_mean", "h_trace", "warm_start", "device", "threads", "torch",
+              "date", "git_rev")
 
 
 def git_rev() -> str:
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[e2e] {run} seed {seed}: {r['status']} train_s={r.get('train_s')} "
                   f"samples/s={r.get('samples_per_s')} acc={r.get('accuracy_final')}", file=sys.stderr, flush=True)
     ok = [r for r in results if r["status"] == "ok"]
+    starts = {r.get("warm_start") for r in ok}
+    if len(starts) > 1:   # the demo's warm-start settings changed between runs: accuracies are not comparable
+        print(f"[e2e] WARNING: runs used different warm starts {sorted(map(str, starts))}", file=sys.stderr)
     target = args.target
     if target is None and ok and all(r.get("curve") for r in ok):
         init = statistics.fmean(r["accuracy_init"] for r in ok)
@@ -211,6 +214,7 @@ def headline(rows: list[dict], target: float | None, device: str, rev: str, args
     by = aggregate(rows)
     fixed = {k: v for k, v in by.items() if k.startswith("rapid-h")}
     out: dict = {"benchmark": "e2e", "device": device, "git_rev": rev, "target_accuracy": target,
+                 "warm_starts": sorted({str(r.get("warm_start")) for r in rows if r["status"] == "ok"}),
                  "seeds": args.seeds, "budget_samples": args.budget_samples, "runs": by}
     grpg = by.get("grpg")
     if grpg and fixed:

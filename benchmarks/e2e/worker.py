@@ -57,6 +57,7 @@ def tiny_setup(seed: int = 0, log=None):
     task = make_arithmetic_task(settings.difficulty, settings.n_train, settings.n_eval, settings.seed,
                                 digits=getattr(settings, "digits", None))
     model, tok, _ = sft_warm_start(settings, task, log=log or (lambda msg: logging.info("%s", msg)))
+    model.config.rapid_warm_start = settings.key()   # which cached warm start (the demo's settings can change)
     return model, tok, task
 
 
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(args, spec, kept, samples_per_step, wall, setup_s)
     summary["steps_run_past_budget"] = sum(int(r.get("rapid/steps", 0)) for r in records) - summary["optimizer_steps"]
     summary["interrupted"] = result.interrupted
+    summary["warm_start"] = getattr(getattr(model, "config", None), "rapid_warm_start", args.model)
     (run_dir / "result.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
     return 0
