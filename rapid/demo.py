@@ -1,8 +1,9 @@
 """``make demo``: RAPID vs on-policy GRPG on a tiny model, same wall-clock budget, 2 CPU cores, < 10 minutes.
 
-1. Build a tiny Qwen2 model (rapid.tiny) and the offline arithmetic task (2-digit addition).
+1. Build a tiny Qwen2 model (rapid.tiny, 2 layers, 0.3 M parameters) and the offline arithmetic task ("47+8=":
+   2-digit plus 1-digit addition, 800 training and 200 held-out problems).
 2. Warm-start it with a short supervised phase (cached under .cache/rapid-demo/<hash of the settings>), so RL
-   starts from a model that is right part of the time.
+   starts from a model that is right part of the time (200 steps: 32.5 % held-out accuracy for seed 0).
 3. Train a copy with RAPID (one large generation batch, H small off-policy steps) and a copy with GRPG (one small
    on-policy batch per step) for the same training wall-clock budget; evaluate greedy held-out accuracy along the
    way (eval time is excluded from the budget).
@@ -15,7 +16,7 @@ step while RAPID pays one per 32 steps (512 samples) — the amortisation the pa
 "Accuracy after" is the mean of the last 3 evaluations and "reached" uses a running mean of 3, so a single lucky
 evaluation (one eval of 200 problems has a ~3-point standard error) decides nothing.
 
-    python -m rapid.demo [--budget 150] [--threads 2]
+    python -m rapid.demo [--budget 60] [--threads 1] [--seed 0]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class DemoSettings:
     n_train: int = 4000          # capped by the problem space: 800 train problems after the 200 held out
     n_eval: int = 200
     num_layers: int = 2
-    sft_steps: int = 200
+    sft_steps: int = 200         # seed 0: 32.5 % held-out accuracy (other seeds land at 8-22 %: see RESULTS.md)
     sft_batch: int = 64
     sft_lr: float = 3e-3
     seed: int = 0
@@ -53,7 +54,12 @@ class DemoSettings:
 
 
 def sft_warm_start(settings: DemoSettings, task, log=print):
-    """Supervised next-token training on "a+b=" → "c<eos>" (loss on the answer tokens only), cached on disk."""
+    """Supervised next-token training on "a+b=" → "c<eos>" (loss on the answer tokens only), cached on disk.
+
+    The carry is learnt abruptly, so the accuracy a fixed step count lands at depends on the seed (200 steps:
+    32.5 % held-out for seed 0, 8 % for seed 1); stopping at a target accuracy was tried and overshoots or
+    lands on unstable models (RESULTS.md), so the demo pins the seed instead.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .tiny import build_tiny, save_tiny
