@@ -160,7 +160,8 @@ def plot(results: list[dict], warm_acc: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for res in results:
         t, acc = zip(*res["curve"])
-        ax.plot(t, [100 * a for a in acc], marker="o", ms=3, label=f"{res['algo']} ({res['samples_per_s']:.0f} samples/s)")
+        label = f"{res['algo']} ({res['samples_per_s']:.0f} samples/s)"
+        ax.plot(t, [100 * a for a in acc], marker="o", ms=3, label=label)
     ax.axhline(100 * warm_acc, color="grey", ls=":", label="SFT warm start")
     ax.set_xlabel("training wall-clock (s, eval excluded)")
     ax.set_ylabel("held-out accuracy (%, greedy)")

@@ -67,7 +67,8 @@ def load_model(model: object, cfg: RapidConfig, device: torch.device) -> torch.n
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attn_implementation(device))
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype,
+                                                     attn_implementation=attn_implementation(device))
     elif not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be an HF id, a local path or a PreTrainedModel, got {type(model).__name__}")
     elif cfg.dtype != "auto":

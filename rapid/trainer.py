@@ -1,8 +1,8 @@
 """``rapid.train``: generate one large batch, then H small off-policy policy-gradient steps on it (RAPID).
 
 Reads top to bottom: validate → model / optimizer / engine → (resume) → loop over rollouts
-[adaptive H → wake → sync weights → generate → sleep → rewards → (recompute log μ) → H optimizer steps → metrics
-→ eval / checkpoint] → final checkpoint.
+[adaptive H → wake → sync weights → generate → sleep → rewards → (recompute log μ) → H optimizer steps
+→ metrics → eval / checkpoint] → final checkpoint.
 
 Departures from textbook GRPO (Shao et al. 2024), each deliberate:
 
@@ -214,6 +214,8 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tok_s=f"{metrics['perf/throughput']:.0f}")
             if cfg.save_every and state["rollout"] % cfg.save_every == 0 and not stop.requested:
                 save()
+            if controller is not None and getattr(controller, "exhausted", False):
+                break                                   # the controller's step budget is spent
         interrupted = stop.requested
         bar.close()
         already = bool(history) and history[-1].get("rollout") == state["rollout"] and any(
