@@ -31,19 +31,28 @@ class MicroBatch:
         return sum(len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids))
 
 
-def score(reward_fn: Callable, rollout: Rollout, rows: list[dict]) -> tuple[list[float], int]:
-    """Rewards of every completion; ``None`` (a failed reward) becomes 0.0 and is counted as an error.
+def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: int = 0,
+          timeout_s: float | None = None) -> tuple[list[float], dict[str, float]]:
+    """Rewards of every completion through ``rapid.rewards.compute_rewards``: an exception, a timeout or a bad
+    return value in ``reward_fn`` gives ``None`` for that sample, which becomes 0.0 here and is counted in the
+    returned stats — it never kills the run.
 
     ``rows`` are the dataset rows of the rollout's prompts; their non-prompt columns are repeated per completion and
     passed to ``reward_fn`` as keyword lists.
     """
+    from .rewards import compute_rewards
+
     n = rollout.n
     prompts = [p for p in rollout.prompts for _ in range(n)]
     columns = {k: [row[k] for row in rows for _ in range(n)] for k in rows[0] if k != "prompt"} if rows else {}
-    raw = reward_fn(prompts, rollout.completions, **columns)
-    check_rewards(raw, len(prompts))
+    raw, stats = compute_rewards(reward_fn, prompts, rollout.completions, columns, num_workers=num_workers,
+                                 timeout_s=timeout_s)
     rewards = [0.0 if r is None else float(r) for r in raw]
-    return rewards, sum(r is None for r in raw)
+    # reward/errors counts every sample scored 0.0 for want of a reward: exceptions, timeouts, bad returns and
+    # None returned by reward_fn itself (broken down in reward/timeouts and reward/none).
+    return rewards, {"reward/errors": float(sum(r is None for r in raw)),
+                     "reward/timeouts": float(stats.get("reward/timeouts", 0)),
+                     "reward/none": float(stats.get("reward/none", 0))}
 
 
 def check_rewards(raw: object, expected: int) -> None:

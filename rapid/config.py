@@ -57,6 +57,12 @@ class RapidConfig:
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm; None disables it."""
 
+    reward_workers: int = 0
+    """Processes computing rewards (0: in the trainer's process). Use >= 1 for slow verifiers; the code sandbox
+    already runs its programs in parallel."""
+    reward_timeout_s: float | None = None
+    """Per-chunk reward time limit with reward_workers >= 1; a timed-out sample gets reward None (0.0)."""
+
     # --- sampling ------------------------------------------------------------------------------------------------
     max_new_tokens: int = 256
     """Completion length limit."""
@@ -99,6 +105,8 @@ class RapidConfig:
     """Evaluate on the eval dataset every this many rollouts (0: only before and after)."""
     tensorboard: bool = False
     """Also log metrics to TensorBoard under output_dir."""
+    wandb: bool = False
+    """Also log metrics to Weights & Biases (needs the wandb package and a login)."""
     keep_checkpoints: int = 2
     """How many of the most recent checkpoints to keep (older ones are deleted after a successful save)."""
     max_train_seconds: float | None = None
@@ -148,6 +156,10 @@ class RapidConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.max_train_seconds is not None and not self.max_train_seconds > 0:
             raise ValueError(f"max_train_seconds must be > 0 or None, got {self.max_train_seconds}")
+        if self.reward_workers < 0:
+            raise ValueError(f"reward_workers must be >= 0, got {self.reward_workers}")
+        if self.reward_timeout_s is not None and not self.reward_timeout_s > 0:
+            raise ValueError(f"reward_timeout_s must be > 0 or None, got {self.reward_timeout_s}")
         if self.save_every < 0 or self.eval_every < 0:
             raise ValueError("save_every and eval_every must be >= 0")
         if self.resume and not self.output_dir:

@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 class MetricsSink:
     """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.loggers."""
 
-    def __init__(self, out_dir: Path | None, cfg: RapidConfig, history: list[dict], tensorboard: bool) -> None:
+    def __init__(self, out_dir: Path | None, cfg: RapidConfig, history: list[dict], tensorboard: bool,
+                 wandb: bool = False) -> None:
         from .loggers import MetricsLogger
 
         self.history = history
-        self._logger = MetricsLogger(str(out_dir) if out_dir else None, tensorboard=tensorboard,
+        self._logger = MetricsLogger(str(out_dir) if out_dir else None, tensorboard=tensorboard, wandb=wandb,
                                      config=cfg.to_dict())
 
     def log(self, metrics: dict) -> None:

@@ -28,6 +28,7 @@ optimizer, RNG, prompt order and counters, so the rollouts that follow match an 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # one metrics dict per rollout (and eval points)
     output_dir: str | None = None
     interrupted: bool = False                           # stopped by SIGINT/SIGTERM (after saving a checkpoint)
+    profile_summary: str | None = None                  # per-phase time / utilisation table of the run
 
 
 def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenizer=None, peft_config=None,
@@ -99,139 +101,143 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     num_params = sum(p.numel() for p in model.parameters())
-    engine = make_engine(cfg, model, tokenizer, out_dir)
-    profiler = make_profiler(device, out_dir, num_params)
-    controller = AdaptiveH(cfg) if cfg.adaptive_h else None
-    peak = peak_flops(device)
+    summary: list[str | None] = []                # the profiler's table, filled when it closes
+    with contextlib.ExitStack() as cleanup:
+        engine = make_engine(cfg, model, tokenizer, out_dir)
+        cleanup.callback(engine.close)         # also on errors: a leaked vLLM engine breaks the next one
+        profiler = make_profiler(device, out_dir, num_params)
+        cleanup.callback(lambda: summary.append(profiler.close()))
+        controller = AdaptiveH(cfg) if cfg.adaptive_h else None
+        peak = peak_flops(device)
 
-    # ---- resume -------------------------------------------------------------------------------------------------
-    state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
-    last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
-    if last is not None:
-        state.update(checkpoint.load_checkpoint(last, model, optimizer))
-    history: list[dict] = state["history"]
-    sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard)
-    sampler = data.PromptSampler(rows, cfg.seed, state["prompts_consumed"])
+        # ---- resume ----------------------------------------------------------------------------------------------
+        state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
+        last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
+        if last is not None:
+            state.update(checkpoint.load_checkpoint(last, model, optimizer))
+        history: list[dict] = state["history"]
+        sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard, wandb=cfg.wandb)
+        cleanup.callback(sink.close)
+        sampler = data.PromptSampler(rows, cfg.seed, state["prompts_consumed"])
 
-    def save() -> None:
-        if out_dir is None:
-            return
-        with profiler.phase("save"):
-            state.update(prompts_consumed=sampler.consumed, history=history)
-            checkpoint.save_checkpoint(out_dir / "checkpoints", state["rollout"], model, optimizer, state,
-                                       cfg.to_dict(), keep=cfg.keep_checkpoints)
+        def save() -> None:
+            if out_dir is None:
+                return
+            with profiler.phase("save"):
+                state.update(prompts_consumed=sampler.consumed, history=history)
+                checkpoint.save_checkpoint(out_dir / "checkpoints", state["rollout"], model, optimizer, state,
+                                           cfg.to_dict(), keep=cfg.keep_checkpoints)
 
-    def evaluate() -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        with profiler.phase("eval"):
-            if eval_fn is not None:
-                metrics.update({k if k.startswith("eval/") else f"eval/{k}": float(v)
-                                for k, v in eval_fn(model, tokenizer).items()})
-            if eval_rows is not None:
-                metrics.update(evaluate_rewards(engine, model, eval_rows, reward_fn, cfg))
-        return metrics
+        def evaluate() -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            with profiler.phase("eval"):
+                if eval_fn is not None:
+                    metrics.update({k if k.startswith("eval/") else f"eval/{k}": float(v)
+                                    for k, v in eval_fn(model, tokenizer).items()})
+                if eval_rows is not None:
+                    metrics.update(evaluate_rewards(engine, model, eval_rows, reward_fn, cfg))
+            return metrics
 
-    # ---- the loop -------------------------------------------------------------------------------------------
-    interrupted = False
-    if state["rollout"] == 0 and (eval_rows is not None or eval_fn is not None):
-        sink.log({"rollout": 0, "time/train_s": 0.0, **evaluate()})
-    bar = progress_bar(cfg, initial=state["rollout"])
-    with StopFlag() as stop:
-        while state["rollout"] < cfg.num_rollouts and not stop.requested:
-            if cfg.max_train_seconds is not None and state["train_seconds"] >= cfg.max_train_seconds:
-                break
-            profiler.start_rollout()
-            t_start = time.perf_counter()
-            h = controller.next_h() if controller is not None else cfg.steps_per_rollout
-            batch_rows = sampler.take(h * cfg.prompts_per_step)
-            sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                      top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + state["rollout"])
-            with profiler.phase("wake"):
-                engine.wake()
-            with profiler.phase("update_weights"):
-                engine.sync_weights(model)
-            with profiler.phase("gen"):
-                rollout = engine.generate([r["prompt"] for r in batch_rows], cfg.group_size, sampling)
-            profiler.add_tokens("gen", rollout.num_completion_tokens)
-            with profiler.phase("sleep"):
-                engine.sleep()
-            with profiler.phase("reward"):
-                rewards, errors = score(reward_fn, rollout, batch_rows)
-            buffer = RolloutBuffer(rollout, rewards, cfg.group_size)
-            logprob_diff = None
-            if cfg.behavior_logprobs == "recompute":
-                with profiler.phase("old_log_prob"):
-                    logprob_diff = recompute_behavior(cfg, parts, buffer, device)
+        # ---- the loop -------------------------------------------------------------------------------------------
+        interrupted = False
+        if state["rollout"] == 0 and (eval_rows is not None or eval_fn is not None):
+            sink.log({"rollout": 0, "time/train_s": 0.0, **evaluate()})
+        bar = progress_bar(cfg, initial=state["rollout"])
+        with StopFlag() as stop:
+            while state["rollout"] < cfg.num_rollouts and not stop.requested:
+                if cfg.max_train_seconds is not None and state["train_seconds"] >= cfg.max_train_seconds:
+                    break
+                profiler.start_rollout()
+                t_start = time.perf_counter()
+                h = controller.next_h() if controller is not None else cfg.steps_per_rollout
+                batch_rows = sampler.take(h * cfg.prompts_per_step)
+                sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                          top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + state["rollout"])
+                with profiler.phase("wake"):
+                    engine.wake()
+                with profiler.phase("update_weights"):
+                    engine.sync_weights(model)
+                with profiler.phase("gen"):
+                    rollout = engine.generate([r["prompt"] for r in batch_rows], cfg.group_size, sampling)
+                profiler.add_tokens("gen", rollout.num_completion_tokens)
+                with profiler.phase("sleep"):
+                    engine.sleep()
+                with profiler.phase("reward"):
+                    rewards, reward_stats = score(reward_fn, rollout, batch_rows, cfg.reward_workers,
+                                                  cfg.reward_timeout_s)
+                buffer = RolloutBuffer(rollout, rewards, cfg.group_size)
+                logprob_diff = None
+                if cfg.behavior_logprobs == "recompute":
+                    with profiler.phase("old_log_prob"):
+                        logprob_diff = recompute_behavior(cfg, parts, buffer, device)
 
-            # H optimizer steps on disjoint whole-group mini-batches of this one rollout
-            step_stats: list[dict[str, float]] = []
-            trained_tokens = 0
-            with profiler.phase("update_actor"):
-                for j, groups in enumerate(buffer.minibatches(h, seed=cfg.seed * 7_919 + state["rollout"])):
-                    micro = buffer.micro_batches(groups, cfg.micro_batch_size, device)
-                    stats, diff = optimizer_step(cfg, parts, model, optimizer, micro, params)
-                    stats["rapid/staleness"] = float(j)     # optimizer steps since the rollout was sampled
-                    step_stats.append(stats)
-                    trained_tokens += sum(mb.num_tokens for mb in micro)
-                    logprob_diff = diff if logprob_diff is None else logprob_diff
-                    if controller is not None and hasattr(controller, "observe_step"):
-                        controller.observe_step(stats)
-                    state["global_step"] += 1
-                    if stop.requested:
-                        logger.warning("interrupt: skipping the remaining %d steps of this rollout", h - j - 1)
-                        break
-            profiler.add_tokens("update_actor", trained_tokens)
+                # H optimizer steps on disjoint whole-group mini-batches of this one rollout
+                step_stats: list[dict[str, float]] = []
+                trained_tokens = 0
+                with profiler.phase("update_actor"):
+                    for j, groups in enumerate(buffer.minibatches(h, seed=cfg.seed * 7_919 + state["rollout"])):
+                        micro = buffer.micro_batches(groups, cfg.micro_batch_size, device)
+                        stats, diff = optimizer_step(cfg, parts, model, optimizer, micro, params)
+                        stats["rapid/staleness"] = float(j)     # optimizer steps since the rollout was sampled
+                        step_stats.append(stats)
+                        trained_tokens += sum(mb.num_tokens for mb in micro)
+                        logprob_diff = diff if logprob_diff is None else logprob_diff
+                        if controller is not None and hasattr(controller, "observe_step"):
+                            controller.observe_step(stats)
+                        state["global_step"] += 1
+                        if stop.requested:
+                            logger.warning("interrupt: skipping the remaining %d steps of this rollout", h - j - 1)
+                            break
+                profiler.add_tokens("update_actor", trained_tokens)
 
-            state["rollout"] += 1
-            metrics = profiler.end_rollout()
-            step_s = time.perf_counter() - t_start
-            state["train_seconds"] += step_s
-            lengths = [len(c) for c in rollout.completion_ids]
-            total_tokens = rollout.num_completion_tokens + sum(len(rollout.prompt_ids[i // rollout.n])
-                                                               for i in range(len(lengths)))
-            metrics.update({
-                "rollout": state["rollout"], "global_step": state["global_step"], "rapid/steps": len(step_stats),
-                "time/train_s": state["train_seconds"],
-                "reward/mean": statistics.fmean(rewards), "reward/std": statistics.pstdev(rewards),
-                "reward/errors": float(errors),
-                "response_length/mean": statistics.fmean(lengths),
-                "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
-                "perf/throughput": total_tokens / step_s, "perf/samples_per_s": len(lengths) / step_s,
-                "perf/max_memory_allocated_gb": memory_gb(device),
-                "rapid/engine_logprob_diff": logprob_diff,
-            })
-            for key in step_stats[0] if step_stats else ():
-                metrics[key] = statistics.fmean(s[key] for s in step_stats)
-            update_s = metrics.get("timing_s/update_actor", 0.0)
-            if peak and update_s > 0 and "perf/mfu/actor" not in metrics:
-                metrics["perf/mfu/actor"] = 6 * num_params * trained_tokens / update_s / peak
-            if controller is not None:
-                controller.update(metrics)
-            if cfg.eval_every and state["rollout"] % cfg.eval_every == 0 and state["rollout"] < cfg.num_rollouts:
-                metrics.update(evaluate())
-            sink.log(metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tok_s=f"{metrics['perf/throughput']:.0f}")
-            if cfg.save_every and state["rollout"] % cfg.save_every == 0 and not stop.requested:
-                save()
-            if controller is not None and getattr(controller, "exhausted", False):
-                break                                   # the controller's step budget is spent
-        interrupted = stop.requested
-        bar.close()
-        already = bool(history) and history[-1].get("rollout") == state["rollout"] and any(
-            k.startswith("eval/") for k in history[-1])
-        if not interrupted and not already and (eval_rows is not None or eval_fn is not None):
-            sink.log({"rollout": state["rollout"], "time/train_s": state["train_seconds"], "final": True,
-                      **evaluate()})
-        save()
-    engine.close()
-    profiler.close()
-    sink.close()
+                state["rollout"] += 1
+                metrics = profiler.end_rollout()
+                step_s = time.perf_counter() - t_start
+                state["train_seconds"] += step_s
+                lengths = [len(c) for c in rollout.completion_ids]
+                total_tokens = rollout.num_completion_tokens + sum(len(rollout.prompt_ids[i // rollout.n])
+                                                                   for i in range(len(lengths)))
+                metrics.update({
+                    "rollout": state["rollout"], "global_step": state["global_step"], "rapid/steps": len(step_stats),
+                    "time/train_s": state["train_seconds"],
+                    "reward/mean": statistics.fmean(rewards), "reward/std": statistics.pstdev(rewards),
+                    **reward_stats,
+                    "response_length/mean": statistics.fmean(lengths),
+                    "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
+                    "perf/throughput": total_tokens / step_s, "perf/samples_per_s": len(lengths) / step_s,
+                    "perf/max_memory_allocated_gb": memory_gb(device),
+                    "rapid/engine_logprob_diff": logprob_diff,
+                })
+                for key in step_stats[0] if step_stats else ():
+                    metrics[key] = statistics.fmean(s[key] for s in step_stats)
+                update_s = metrics.get("timing_s/update_actor", 0.0)
+                if peak and update_s > 0 and "perf/mfu/actor" not in metrics:
+                    metrics["perf/mfu/actor"] = 6 * num_params * trained_tokens / update_s / peak
+                if controller is not None:
+                    controller.update(metrics)
+                if cfg.eval_every and state["rollout"] % cfg.eval_every == 0 and state["rollout"] < cfg.num_rollouts:
+                    metrics.update(evaluate())
+                sink.log(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tok_s=f"{metrics['perf/throughput']:.0f}")
+                if cfg.save_every and state["rollout"] % cfg.save_every == 0 and not stop.requested:
+                    save()
+                if controller is not None and getattr(controller, "exhausted", False):
+                    break                                   # the controller's step budget is spent
+            interrupted = stop.requested
+            bar.close()
+            already = bool(history) and history[-1].get("rollout") == state["rollout"] and any(
+                k.startswith("eval/") for k in history[-1])
+            if not interrupted and not already and (eval_rows is not None or eval_fn is not None):
+                sink.log({"rollout": state["rollout"], "time/train_s": state["train_seconds"], "final": True,
+                          **evaluate()})
+            save()
     if out_dir is not None and not interrupted:
         model.save_pretrained(out_dir / "model")
         tokenizer.save_pretrained(out_dir / "model")
     return TrainResult(model=model, tokenizer=tokenizer, history=history,
-                       output_dir=str(out_dir) if out_dir else None, interrupted=interrupted)
+                       output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,
+                       profile_summary=summary[0] if summary else None)
 
 
 def optimizer_step(cfg: RapidConfig, parts, model, optimizer, micro_batches, params) -> tuple[dict, float]:
@@ -286,6 +292,6 @@ def evaluate_rewards(engine, model, rows: list[dict], reward_fn, cfg: RapidConfi
     engine.sync_weights(model)
     rollout = engine.generate([r["prompt"] for r in rows], 1, sampling)
     engine.sleep()
-    rewards, errors = score(reward_fn, rollout, rows)
-    return {"eval/reward": statistics.fmean(rewards), "eval/errors": float(errors),
+    rewards, reward_stats = score(reward_fn, rollout, rows, cfg.reward_workers, cfg.reward_timeout_s)
+    return {"eval/reward": statistics.fmean(rewards), "eval/errors": reward_stats["reward/errors"],
             "eval/response_length": statistics.fmean(len(c) for c in rollout.completion_ids)}

@@ -84,3 +84,18 @@ def test_failed_rewards_count_as_errors(tiny):
 
     result = rapid.train(model, PROMPTS, flaky, small_config(num_rollouts=1), tokenizer=tok)
     assert result.history[0]["reward/errors"] == 8 and result.history[0]["reward/mean"] == 0.75
+
+
+def test_raising_reward_fn_never_kills_the_run(tiny):
+    model, tok = tiny
+    calls = {"n": 0}
+
+    def sometimes_raises(prompts, completions, **_):
+        calls["n"] += 1
+        if calls["n"] > 1:                                  # the first call is the pre-flight probe
+            raise RuntimeError("verifier crashed")
+        return [1.0] * len(completions)
+
+    result = rapid.train(model, PROMPTS, sometimes_raises, small_config(num_rollouts=2), tokenizer=tok)
+    assert len(result.history) == 2
+    assert all(h["reward/errors"] == 32 and h["reward/mean"] == 0.0 for h in result.history)  # 8 prompts x K=4
