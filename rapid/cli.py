@@ -126,8 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = {"output_dir": result.output_dir, "rollouts": last.get("rollout"), "reward/mean": last.get("reward/mean"),
                "eval/reward_first": evals[0] if evals else None, "eval/reward_last": evals[-1] if evals else None,
                "interrupted": result.interrupted}
-    if result.profile_summary:
-        print(result.profile_summary)
     print(json.dumps(summary))
     return 130 if result.interrupted else 0
 
