@@ -12,10 +12,9 @@ import os
 import pytest
 import torch
 
+# The gpu marker deselects these under `make test` (-m "not gpu"); tests/conftest.py skips them without CUDA.
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm]
 
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
 if os.environ.get("RAPID_REQUIRE_VLLM") == "1":
     import vllm  # noqa: F401
 else:
