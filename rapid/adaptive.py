@@ -33,11 +33,15 @@ rollout's ``rapid/ess`` / ``rapid/clip_frac``, which are then treated as last-st
    b. *speed*: growing can pay: the non-training share of the rollout time, (step − update_actor − old_log_prob −
       reward) / step, is at least ``min_rollout_frac``. Doubling H removes at most half of the fixed part, so when
       generation and syncing are a small share, a larger H buys little time and costs staleness. If 2H was run
-      before, its measured time per sample must also beat H's by ``min_gain`` (a measured answer beats the model);
+      before, its measured *rollout* time per sample (the non-training part: generation, weight push, sleep/wake)
+      must also beat H's by ``min_gain`` (a measured answer beats the model);
    c. H < H_max = prompts_per_rollout / prompts_per_step (the rollout buffer was sized for it) and no cooldown.
-3. **No gain → halve H** when H/2 was measured and H's time per sample is not at least ``min_gain`` better:
-   staleness bought nothing (e.g. HF ``generate`` on a CPU, whose cost per sample does not fall with batch size).
-   Rule 2b then keeps H/2 from growing back, so the two measurements settle it.
+3. **No gain → halve H** when H/2 was measured and H's rollout time per sample is not at least ``min_gain``
+   better: staleness bought nothing (e.g. a generator whose cost per sample does not fall with batch size).
+   Rule 2b then keeps H/2 from growing back, so the two measurements settle it. Only the rollout part is compared:
+   training time per sample does not depend on H, and including it (an earlier version did) buried the signal
+   under the training step's timing noise — on a shared CPU that halved H from 16 to 2 on fresh data (ESS 0.998;
+   RESULTS.md, "Demo geometry").
 4. Otherwise hold H.
 
 H stays a power-of-two multiple of the start value, so rollouts take few distinct sizes (vLLM/CUDA-graph friendly).
@@ -68,8 +72,9 @@ class AdaptiveHParams:
     """Without a trend, growing needs at most this clip fraction."""
     min_rollout_frac: float = 0.15
     """Growing needs the non-training share of rollout time to be at least this."""
-    min_gain: float = 0.05
-    """When 2H was measured, it must be this much faster per sample than H to grow again."""
+    min_gain: float = 0.1
+    """When 2H was measured, its rollout time per sample must be this much below H's to grow again (and H's
+    below H/2's to stay); a margin above timing noise."""
     cooldown: int = 2
     """Rollouts after a decrease during which H may not grow."""
     ema: float = 0.5
@@ -92,7 +97,7 @@ class AdaptiveH:
         self.h = max(1, min(self.h_max, start))
         self._steps: list[tuple[float | None, float | None]] = []   # (ess, clip) of this rollout's steps
         self._cooldown = 0
-        self.time_per_sample: dict[int, float] = {}                # EMA of step time / sample, per H
+        self.time_per_sample: dict[int, float] = {}                # EMA of rollout time / sample, per H
         self.history: list[dict] = []                              # one record per update: inputs and decision
         self.steps_taken = 0
 
@@ -174,7 +179,8 @@ class AdaptiveH:
             return True, None                       # no timings: judge on quality alone
         train = sum(_get(metrics, f"timing_s/{k}") or 0.0 for k in TRAIN_PHASES)
         rollout_frac = max(0.0, step - train) / step
-        per_sample = step / (h * self.config.prompts_per_step * self.config.group_size)
+        # Only the H-dependent part: generation, weight push, sleep/wake (training per sample is H-independent).
+        per_sample = max(0.0, step - train) / (h * self.config.prompts_per_step * self.config.group_size)
         old = self.time_per_sample.get(h)
         a = self.params.ema
         self.time_per_sample[h] = per_sample if old is None else a * per_sample + (1 - a) * old

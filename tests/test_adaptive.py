@@ -135,3 +135,18 @@ def test_no_speed_gain_from_a_bigger_rollout_shrinks_back_and_settles():
     hs = [run_rollout(ctrl, ess_at=lambda j: 0.99, **flat) for _ in range(5)]
     assert hs == [8, 4, 4, 4, 4]
     assert [r["reason"] for r in ctrl.history] == ["grow", "no_gain", "speed", "speed", "speed"]
+
+
+def test_training_time_noise_does_not_shrink_h_when_generation_gains():
+    """Regression: the speed rules compare rollout (generation) time per sample only. Training time per sample is
+    H-independent but noisy on a shared machine; when it was included, a slow training phase at the larger H read
+    as 'no gain' and halved H on fresh data."""
+    ctrl = make(16)
+    noisy_train = iter([0.2, 0.6, 0.2, 0.7, 0.2, 0.8, 0.2, 0.9])     # per-step training time: 3-4x swings
+    hs = []
+    for _ in range(8):
+        h = ctrl.next_h()
+        for _ in range(h):
+            ctrl.observe_step({"rapid/ess": 0.99, "rapid/clip_frac": 0.0})
+        hs.append(ctrl.update(timings(h, gen_fixed=2.0, gen_per_step=0.05, train_per_step=next(noisy_train))))
+    assert hs[-1] == 16 and "no_gain" not in [r["reason"] for r in ctrl.history]
