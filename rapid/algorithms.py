@@ -141,10 +141,11 @@ def kl_k3(token_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor) -> torc
     return (r * log_r - (r - 1)).mean()
 
 
-def diagnostics(stats: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar tensors to floats in one host transfer."""
+def diagnostics(stats: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Scalar tensors (or floats) to floats in one host transfer: stacked on their device, then copied once."""
     if not stats:
         return {}
     keys = list(stats)
-    values = torch.stack([stats[k].detach().float().reshape(()).cpu() for k in keys]).tolist()
-    return dict(zip(keys, values))
+    device = next((v.device for v in stats.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    values = torch.stack([torch.as_tensor(stats[k], device=device).detach().float().reshape(()) for k in keys])
+    return dict(zip(keys, values.tolist()))                                           # the one host transfer

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data
+from . import algorithms, checkpoint, data
 from .adaptive import AdaptiveH
 from .buffer import RolloutBuffer, score
 from .config import RapidConfig
@@ -250,21 +250,21 @@ def optimizer_step(cfg: RapidConfig, parts, model, optimizer, micro_batches, par
     counts = [mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro_batches]
     total = max(sum(counts), 1)
     optimizer.zero_grad(set_to_none=True)
-    stats: dict[str, float] = {}
-    diff_sum, diff_n, loss_sum = 0.0, 0, 0.0
+    sums: dict[str, torch.Tensor] = {}          # count-weighted diagnostics, kept on the device until the end
+    diff_sum, diff_n = 0.0, 0
     for mb, count in zip(micro_batches, counts):
         res = micro_batch_loss(cfg, parts, mb.prompt_ids, mb.completion_ids, mb.batch, mb.batch.targets.device)
         (res.loss * (count / total)).backward()
-        loss_sum += res.loss.item() * count / total
-        diff_sum += (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum().item()
+        weight = count / total
+        for key, value in (("actor/loss", res.loss.detach()), *res.stats.items()):
+            sums[key] = sums.get(key, 0.0) + value.float() * weight
+        diff_sum = diff_sum + (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum()
         diff_n += mb.batch.num_tokens
-        for key, value in res.stats.items():
-            stats[key] = stats.get(key, 0.0) + value.item() * count / total
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    sums["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
     optimizer.step()
-    stats["actor/loss"] = loss_sum
-    stats["actor/grad_norm"] = float(grad_norm)
-    return stats, diff_sum / max(diff_n, 1)
+    sums["engine_logprob_diff"] = diff_sum / max(diff_n, 1)
+    stats = algorithms.diagnostics(sums)        # one device-to-host transfer per step, not one per statistic
+    return stats, stats.pop("engine_logprob_diff")
 
 
 @torch.no_grad()
