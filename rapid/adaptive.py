@@ -160,6 +160,21 @@ class AdaptiveH:
         last = self.history[-1] if self.history else {}
         return {"adaptive/h": float(self.h), "adaptive/reason": last.get("reason", "start")}
 
+    def state_dict(self) -> dict:
+        """Everything the next decisions depend on, for checkpoints: resume reproduces the uninterrupted H
+        sequence (and the step budget already spent)."""
+        return {"h": self.h, "steps": list(self._steps), "cooldown": self._cooldown,
+                "time_per_sample": dict(self.time_per_sample), "history": list(self.history),
+                "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.h = int(state["h"])
+        self._steps = [tuple(s) for s in state["steps"]]
+        self._cooldown = int(state["cooldown"])
+        self.time_per_sample = {int(k): float(v) for k, v in state["time_per_sample"].items()}
+        self.history = list(state["history"])
+        self.steps_taken = int(state["steps_taken"])
+
     # --- helpers ---------------------------------------------------------------------------------------------------
     def _quality(self, metrics: dict[str, float]):
         """(ess, clip) averaged over the last ceil(H/4) steps, and their per-step slopes (None when unknown)."""

@@ -54,16 +54,32 @@ def _loss_kwargs(cfg: RapidConfig) -> dict:
                 is_clip=cfg.is_clip, adv_scale=cfg.adv_scale)
 
 
+def kernel_kwargs(threshold: torch.Tensor | None = None, softcap: float | None = None) -> dict:
+    """The optional kernel arguments actually in use (top-k/top-p thresholds, logit soft-cap)."""
+    out: dict = {}
+    if threshold is not None:
+        out["threshold"] = threshold
+    if softcap:
+        out["softcap"] = float(softcap)
+    return out
+
+
 def loss_from_hidden(cfg: RapidConfig, batch: PackedBatch, hidden: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> LossResult:
-    """Policy loss from the last hidden states (N, D) and the lm_head weight (V, D): no (N, V) logits."""
+                     bias: torch.Tensor | None = None, threshold: torch.Tensor | None = None,
+                     softcap: float | None = None) -> LossResult:
+    """Policy loss from the last hidden states (N, D) and the lm_head weight (V, D): no (N, V) logits.
+
+    ``threshold`` (N,) restricts each row's softmax to the top-k / top-p set the engine sampled from.
+    """
     backend = cfg.kernel_backend
+    extra = kernel_kwargs(threshold, softcap)
     if cfg.algo == "rapid":
         out = rapid_kernels.fused_rapid_loss(hidden, weight, batch.targets, batch.behavior_logprobs, batch.rewards,
                                              batch.cu_seqlens, cfg.group_size, temperature=cfg.temperature,
-                                             bias=bias, backend=backend, **_loss_kwargs(cfg))
+                                             bias=bias, backend=backend, **_loss_kwargs(cfg), **extra)
         return _from_rapid_output(out, batch, cfg)
-    lp = rapid_kernels.linear_token_logprobs(hidden, weight, batch.targets, cfg.temperature, bias, backend=backend)
+    lp = rapid_kernels.linear_token_logprobs(hidden, weight, batch.targets, cfg.temperature, bias, backend=backend,
+                                             **extra)
     return loss_from_logprobs(cfg, batch, lp)
 
 
@@ -75,6 +91,22 @@ def loss_from_logprobs(cfg: RapidConfig, batch: PackedBatch, token_logprobs: tor
     out = rapid_kernels.rapid_loss(token_logprobs, behavior, batch.rewards, batch.cu_seqlens, cfg.group_size,
                                    backend=cfg.kernel_backend, **_loss_kwargs(cfg))
     return _from_rapid_output(out, batch, cfg)
+
+
+def token_coefficients(cfg: RapidConfig, batch: PackedBatch, token_logprobs: torch.Tensor
+                       ) -> tuple[torch.Tensor, LossResult]:
+    """g_t = ∂L/∂log π(y_t) of the whole mini-batch's loss, with the log-probs held fixed (no model in the graph).
+
+    Every loss here depends on θ only through the per-token log-probs, so ∇θ L = Σ_t g_t ∇θ log π(y_t): the
+    second phase of a group-splitting update backpropagates g_t through micro-batches of any size and gets the
+    whole-step gradient exactly (for rapid: g_t = −sg(w̄_s) A_s / (S · loss_norm), the same for each token of s).
+    Returns (g (N,), the mini-batch's LossResult for diagnostics).
+    """
+    lp = token_logprobs.detach().float().requires_grad_(True)                       # (N,) leaf
+    with torch.enable_grad():
+        res = loss_from_logprobs(cfg, batch, lp)
+        (grad,) = torch.autograd.grad(res.loss, lp)                                 # (N,)
+    return grad.detach(), res
 
 
 def _from_rapid_output(out: RapidLossOutput, batch: PackedBatch, cfg: RapidConfig) -> LossResult:

@@ -1,8 +1,10 @@
-"""Rollout → rewards → whole-group mini-batches (one optimizer step each) → micro-batches (gradient accumulation).
+"""Rollout → rewards → whole-group mini-batches (one optimizer step each) → token-budget micro-batches.
 
 A rollout holds G groups of K completions (completion i belongs to prompt i // K). The H mini-batches of a rollout
-are disjoint sets of whole groups, drawn by a seeded shuffle; each mini-batch is split into micro-batches of
-``micro_batch_size`` sequences (whole groups again), each with its completion tokens packed (``cu_seqlens``).
+are disjoint sets of whole groups, drawn by a seeded shuffle. A mini-batch is cut into micro-batches by
+``plan_micro_batches``: whole groups while every group fits the token budget (``micro_batch_tokens``) and sequence
+cap (``micro_batch_size``), else single sequences — the update is then two-phase (rapid.update), because RAPID's
+weights and baseline couple the sequences of a group.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class MicroBatch:
 
 
 def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: int = 0,
-          timeout_s: float | None = None) -> tuple[list[float], dict[str, float]]:
+          timeout_s: float | None = None, should_stop: Callable[[], bool] | None = None,
+          ) -> tuple[list[float], dict[str, float]]:
     """Rewards of every completion through ``rapid.rewards.compute_rewards``: an exception, a timeout or a bad
     return value in ``reward_fn`` gives ``None`` for that sample, which becomes 0.0 here and is counted in the
     returned stats — it never kills the run.
@@ -45,14 +48,19 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
     n = rollout.n
     prompts = [p for p in rollout.prompts for _ in range(n)]
     columns = {k: [row[k] for row in rows for _ in range(n)] for k in rows[0] if k != "prompt"} if rows else {}
+    import inspect
+
+    kwargs = {}
+    if should_stop is not None and "should_stop" in inspect.signature(compute_rewards).parameters:
+        kwargs["should_stop"] = should_stop
     raw, stats = compute_rewards(reward_fn, prompts, rollout.completions, columns, num_workers=num_workers,
-                                 timeout_s=timeout_s)
+                                 timeout_s=timeout_s, **kwargs)
     rewards = [0.0 if r is None else float(r) for r in raw]
     # reward/errors counts every sample scored 0.0 for want of a reward: exceptions, timeouts, bad returns and
     # None returned by reward_fn itself (broken down in reward/timeouts and reward/none).
-    return rewards, {"reward/errors": float(sum(r is None for r in raw)),
-                     "reward/timeouts": float(stats.get("reward/timeouts", 0)),
-                     "reward/none": float(stats.get("reward/none", 0))}
+    out = {"reward/errors": float(sum(r is None for r in raw))}
+    out.update({k: float(v) for k, v in stats.items() if k.startswith("reward/") and k != "reward/errors"})
+    return rewards, out
 
 
 def check_rewards(raw: object, expected: int) -> None:
@@ -71,6 +79,34 @@ def check_rewards(raw: object, expected: int) -> None:
             raise ValueError(f"reward_fn returned a non-number at index {i}: {r!r} (use None for a failed reward)")
         if not math.isfinite(float(r)):
             raise ValueError(f"reward_fn returned a non-finite reward at index {i}: {r!r}")
+
+
+def plan_micro_batches(costs: list[int], group_size: int, max_tokens: int | None,
+                       max_seqs: int | None) -> tuple[list[tuple[int, int]], bool]:
+    """Cut a mini-batch's sequences (costs = tokens each, groups contiguous) into [lo, hi) micro-batches.
+
+    Returns (ranges, split_groups): whole groups, greedily filled, when every group fits both caps; otherwise
+    sequences one by one (``split_groups`` True). A single sequence over ``max_tokens`` still gets its own range
+    (the trainer validates the budget against the longest possible sequence before it starts).
+    """
+    tok_cap = max_tokens or math.inf
+    seq_cap = max_seqs or math.inf
+    groups = [sum(costs[i:i + group_size]) for i in range(0, len(costs), group_size)]
+    if all(g <= tok_cap for g in groups) and group_size <= seq_cap:
+        unit, unit_costs = group_size, groups
+    else:
+        unit, unit_costs = 1, costs
+    ranges: list[tuple[int, int]] = []
+    lo, tokens = 0, 0
+    for u, cost in enumerate(unit_costs):
+        start = u * unit
+        if start > lo and (tokens + cost > tok_cap or start + unit - lo > seq_cap):
+            ranges.append((lo, start))
+            lo, tokens = start, 0
+        tokens += cost
+    if lo < len(costs):
+        ranges.append((lo, len(costs)))
+    return ranges, unit == 1 and len(ranges) > 1
 
 
 class RolloutBuffer:
@@ -98,14 +134,18 @@ class RolloutBuffer:
         per = self.num_groups // num_steps
         return [order[i * per:(i + 1) * per] for i in range(num_steps)]
 
-    def micro_batches(self, groups: list[int], micro_batch_size: int | None, device: torch.device) -> list[MicroBatch]:
-        """Split a mini-batch into micro-batches of whole groups (``micro_batch_size`` sequences each)."""
-        per = len(groups) if micro_batch_size is None else max(1, micro_batch_size // self.group_size)
-        return [self.pack(groups[i:i + per], device) for i in range(0, len(groups), per)]
-
-    def pack(self, groups: list[int], device: torch.device) -> MicroBatch:
+    def sequences(self, groups: list[int]) -> list[int]:
+        """Rollout positions of the groups' sequences, group by group."""
         k = self.group_size
-        seqs = [g * k + j for g in groups for j in range(k)]
+        return [g * k + j for g in groups for j in range(k)]
+
+    def cost(self, seq: int) -> int:
+        """Tokens the model runs on for sequence ``seq`` (prompt + completion)."""
+        r = self.rollout
+        return len(r.prompt_ids[seq // r.n]) + len(r.completion_ids[seq])
+
+    def pack(self, seqs: list[int], device: torch.device) -> MicroBatch:
+        """Sequences ``seqs`` (rollout positions) as one micro-batch with packed completion tokens."""
         r = self.rollout
         completions = [r.completion_ids[s] for s in seqs]
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.long)
@@ -116,5 +156,11 @@ class RolloutBuffer:
         batch = PackedBatch(targets=targets.to(device), behavior_logprobs=behavior.float().to(device),
                             rewards=torch.tensor([self.rewards[s] for s in seqs], dtype=torch.float32, device=device),
                             cu_seqlens=cu.to(device))
-        return MicroBatch(prompt_ids=[r.prompt_ids[s // k] for s in seqs], completion_ids=completions, batch=batch,
-                          seq_index=seqs)
+        return MicroBatch(prompt_ids=[r.prompt_ids[s // r.n] for s in seqs], completion_ids=completions, batch=batch,
+                          seq_index=list(seqs))
+
+    def micro_batches(self, seqs: list[int], max_tokens: int | None, max_seqs: int | None,
+                      device: torch.device) -> tuple[list[MicroBatch], bool]:
+        """``seqs`` (whole groups, contiguous) cut by ``plan_micro_batches``; returns (micro-batches, split_groups)."""
+        ranges, split = plan_micro_batches([self.cost(s) for s in seqs], self.group_size, max_tokens, max_seqs)
+        return [self.pack(seqs[lo:hi], device) for lo, hi in ranges], split

@@ -133,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from . import data
     from .engines.hf import HFEngine
     from .model_utils import load_tokenizer
     from .trainer import evaluate_rewards
@@ -146,8 +147,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task, **_task_args(args.task_arg))
     rows = task.eval[: args.limit] if args.limit else task.eval
     config = RapidConfig(max_new_tokens=args.max_new_tokens or task.max_new_tokens)
+    texts = data.render_prompts(rows, tokenizer, data.wants_chat_template(config.chat_template, tokenizer, args.model))
     with torch.no_grad():
-        metrics = evaluate_rewards(HFEngine(model, tokenizer), model, rows, task.reward_fn, config)
+        engine = HFEngine(model, tokenizer, max_num_seqs=config.max_num_seqs)
+        metrics = evaluate_rewards(engine, model, rows, texts, task.reward_fn, config)
     print(json.dumps({"model": args.model, "task": args.task, "n": len(rows), **metrics}))
     return 0
 

@@ -26,7 +26,11 @@ class RapidConfig:
     prompts_per_step: int = 8
     """Prompts per optimizer step; H = prompts_per_rollout / prompts_per_step steps per rollout."""
     micro_batch_size: int | None = None
-    """Sequences per forward/backward (gradient accumulation); a multiple of group_size. None: the whole step."""
+    """At most this many sequences per forward/backward (gradient accumulation). None: no sequence cap."""
+    micro_batch_tokens: int | None = None
+    """Token budget (prompt + completion tokens) per forward/backward, and per no-grad pass (recompute, eval).
+    A micro-batch may split a group; the update then runs in two phases (DESIGN.md section 3) and still equals the
+    whole-step gradient. None: no token cap. Must hold the longest prompt + max_new_tokens."""
     num_rollouts: int = 10
     """Outer iterations (generate once, then H optimizer steps)."""
     eta: float = 2.0
@@ -41,8 +45,9 @@ class RapidConfig:
     """Divide advantages by the group's reward std (+1e-6)."""
     grpo_clip_eps: float = 0.2
     """PPO clip ε for algo="grpo"."""
-    behavior_logprobs: Literal["engine", "recompute"] = "engine"
-    """log μ from the engine (no extra pass) or recomputed by the trainer before the first step (exact)."""
+    behavior_logprobs: Literal["auto", "engine", "recompute"] = "auto"
+    """log μ from the engine (no extra pass) or recomputed by the trainer before the first step (exact; costs one
+    forward of the rollout). auto: engine for rapid (the paper's choice), recompute for grpo (as verl and TRL do)."""
     loss_norm: float | None = None
     """Constant divisor of the sequence log-prob sum; None: max_new_tokens."""
     adaptive_h: bool = False
@@ -56,12 +61,17 @@ class RapidConfig:
     """AdamW weight decay."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm; None disables it."""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule over the run's optimizer steps, after the warm-up (linear / cosine decay to 0)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many optimizer steps."""
 
     reward_workers: int = 0
     """Processes computing rewards (0: in the trainer's process). Use >= 1 for slow verifiers; the code sandbox
     already runs its programs in parallel."""
-    reward_timeout_s: float | None = None
-    """Per-chunk reward time limit with reward_workers >= 1; a timed-out sample gets reward None (0.0)."""
+    reward_timeout_s: float | None = 60.0
+    """Time limit of one reward call (per chunk with reward_workers >= 1), in every mode: a call still running
+    then is abandoned and its samples score 0.0 (counted in reward/timeouts). None: no limit."""
 
     # --- sampling ------------------------------------------------------------------------------------------------
     max_new_tokens: int = 256
@@ -71,8 +81,15 @@ class RapidConfig:
     max_new_tokens."""
     temperature: float = 1.0
     """Sampling temperature; the behaviour log-probs are those of the tempered distribution."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: off). The trainer's log π applies the same truncation."""
     top_p: float = 1.0
-    """Nucleus sampling; < 1 makes engine log-probs those of the truncated distribution."""
+    """Nucleus sampling (1: off). The trainer's log π applies the same truncation (after top_k), so on-policy
+    importance weights stay 1. Only these settings shape sampling: the model's generation_config is ignored."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Render prompts with the tokenizer's chat template. Rows whose prompt is a list of {"role", "content"}
+    messages always are; string prompts are wrapped as one user message when "on", or when "auto" and the model
+    is an instruct/chat model (its name says so and the tokenizer has a template)."""
 
     # --- systems -------------------------------------------------------------------------------------------------
     engine: EngineName = "auto"
@@ -80,9 +97,13 @@ class RapidConfig:
     kernel_backend: KernelBackend = "auto"
     """rapid_kernels backend for the training loss."""
     dtype: DType = "auto"
-    """Training dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    """Compute dtype of the forward/backward and of the engine (auto: bfloat16 on CUDA, float32 on CPU).
+    Parameters and optimizer state stay float32 (the master copy) whatever it is; float16 adds a loss scaler."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~30 % more compute)."""
+    max_num_seqs: int | None = 256
+    """Sequences per engine call: HF generates the rollout (and evaluation) in chunks of this many, vLLM gets it
+    as its max_num_seqs. None: no cap (HF: the whole rollout in one batch)."""
     gpu_memory_utilization: float = 0.35
     """vLLM: fraction of GPU memory for weights + KV cache while awake (the trainer uses the rest)."""
     max_model_len: int | None = None
@@ -128,16 +149,20 @@ class RapidConfig:
         if self.algo == "grpg" and self.prompts_per_step != self.prompts_per_rollout:
             raise ValueError(f"algo='grpg' is on-policy (one step per rollout): prompts_per_step "
                              f"({self.prompts_per_step}) must equal prompts_per_rollout ({self.prompts_per_rollout})")
-        if self.baseline == "loo" and self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 with baseline='loo', got {self.group_size}")
-        if self.micro_batch_size is not None:
-            step_seqs = self.prompts_per_step * self.group_size
-            if self.micro_batch_size < 1 or self.micro_batch_size % self.group_size:
-                raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must be a positive multiple of "
-                                 f"group_size ({self.group_size}): a micro-batch holds whole groups")
-            if self.micro_batch_size > step_seqs:
-                raise ValueError(f"micro_batch_size ({self.micro_batch_size}) exceeds the sequences per step "
-                                 f"({step_seqs} = prompts_per_step * group_size)")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group's baseline needs another sample; with one the "
+                             f"advantage is zero by construction), got {self.group_size}")
+        for name in ("micro_batch_size", "micro_batch_tokens", "max_num_seqs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < self.max_new_tokens + 1:
+            raise ValueError(f"micro_batch_tokens ({self.micro_batch_tokens}) must hold at least one prompt token "
+                             f"plus max_new_tokens ({self.max_new_tokens})")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("eta", "lr", "temperature"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -169,6 +194,13 @@ class RapidConfig:
     def steps_per_rollout(self) -> int:
         """H: optimizer steps per rollout."""
         return self.prompts_per_rollout // self.prompts_per_step
+
+    @property
+    def behavior_source(self) -> str:
+        """Where log μ comes from after resolving ``behavior_logprobs="auto"``."""
+        if self.behavior_logprobs != "auto":
+            return self.behavior_logprobs
+        return "recompute" if self.algo == "grpo" else "engine"
 
     @property
     def effective_loss_norm(self) -> float:

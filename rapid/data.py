@@ -30,13 +30,55 @@ def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
             raise ValueError(f"{name}[{i}] must be a dict, got {type(row).__name__}")
         if "prompt" not in row:
             raise ValueError(f"{name}[{i}] has no 'prompt' column (columns: {sorted(row)})")
-        if not isinstance(row["prompt"], str) or not row["prompt"]:
-            raise ValueError(f"{name}[{i}]['prompt'] must be a non-empty string, got {row['prompt']!r}")
+        check_prompt(row["prompt"], f"{name}[{i}]['prompt']")
         if keys is None:
             keys = set(row)
         elif set(row) != keys:
             raise ValueError(f"{name}[{i}] has columns {sorted(row)}, but {name}[0] has {sorted(keys)}")
     return rows
+
+
+def check_prompt(prompt: object, where: str) -> None:
+    """A prompt is a non-empty string or a non-empty list of {"role": str, "content": str} chat messages."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError(f"{where} is an empty string")
+        return
+    if isinstance(prompt, (list, tuple)) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        return
+    raise ValueError(f"{where} must be a non-empty string or a list of {{'role': str, 'content': str}} messages, "
+                     f"got {prompt!r:.200}")
+
+
+def wants_chat_template(mode: str, tokenizer, model_name: str | None) -> bool:
+    """Whether string prompts are rendered as one user message (``RapidConfig.chat_template``)."""
+    if mode == "off" or (mode == "auto" and not model_name):
+        return False
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on":
+        if not has_template:
+            raise ValueError("chat_template='on' but the tokenizer has no chat template")
+        return True
+    name = model_name.lower().replace("_", "-")
+    return has_template and any(tag in name for tag in ("instruct", "-chat", "-it"))
+
+
+def render_prompts(rows: list[dict], tokenizer, template_strings: bool) -> list[str]:
+    """The text each row's prompt gives the engine: chat messages (and, when asked, plain strings as one user
+    message) go through the tokenizer's chat template with the generation prompt appended."""
+    out = []
+    for row in rows:
+        prompt = row["prompt"]
+        if isinstance(prompt, str) and not template_strings:
+            out.append(prompt)
+            continue
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("a prompt is a list of chat messages but the tokenizer has no chat template")
+        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
 
 
 def check_columns(rows: list[dict], reward_fn: Callable, name: str = "dataset") -> None:
@@ -64,20 +106,30 @@ def check_columns(rows: list[dict], reward_fn: Callable, name: str = "dataset") 
         raise ValueError(f"reward_fn requires column(s) {missing} that {name} does not have")
 
 
-def probe_reward(reward_fn: Callable, rows: list[dict]) -> None:
-    """Call reward_fn once on two empty completions: wrong length / non-numbers fail before any generation."""
+def probe_reward(reward_fn: Callable, rows: list[dict], timeout_s: float | None = None) -> None:
+    """Call reward_fn once on two empty completions before any generation: wrong length / non-numbers raise;
+    an exception or a hang is a warning (``rapid.rewards.probe_reward`` when it exists)."""
+    try:
+        from .rewards import probe_reward as rewards_probe
+    except ImportError:
+        rewards_probe = None
+    if rewards_probe is not None:
+        rewards_probe(reward_fn, rows, timeout_s)
+        return
     sample = rows[:2]
     columns = {k: [row[k] for row in sample] for k in sample[0] if k != "prompt"}
     out = reward_fn([row["prompt"] for row in sample], [""] * len(sample), **columns)
     check_rewards(out, len(sample))
 
 
-def check_prompt_lengths(rows: list[dict], tokenizer, limit: int, name: str = "dataset") -> None:
-    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows])["input_ids"]]
-    worst = max(range(len(rows)), key=lengths.__getitem__)
-    if lengths[worst] > limit:
+def check_prompt_lengths(texts: list[str], tokenizer, limit: int | None, name: str = "dataset") -> int:
+    """The longest rendered prompt in tokens; ValueError naming the row when it exceeds ``limit``."""
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    worst = max(range(len(texts)), key=lengths.__getitem__)
+    if limit is not None and lengths[worst] > limit:
         raise ValueError(f"{name}[{worst}]['prompt'] is {lengths[worst]} tokens, longer than the prompt limit "
                          f"{limit} (max_prompt_tokens, or the model context minus max_new_tokens)")
+    return lengths[worst]
 
 
 class PromptSampler:
@@ -94,9 +146,11 @@ class PromptSampler:
             self._perms = {epoch: order}
         return self._perms[epoch]
 
-    def take(self, n: int) -> list[dict]:
-        out = []
-        for i in range(self.consumed, self.consumed + n):
-            out.append(self.rows[self._perm(i // len(self.rows))[i % len(self.rows)]])
+    def take_indices(self, n: int) -> list[int]:
+        """Row indices of the next ``n`` prompts (their global positions are ``consumed`` ... before the call)."""
+        out = [self._perm(i // len(self.rows))[i % len(self.rows)] for i in range(self.consumed, self.consumed + n)]
         self.consumed += n
         return out
+
+    def take(self, n: int) -> list[dict]:
+        return [self.rows[i] for i in self.take_indices(n)]

@@ -8,9 +8,9 @@ attention mask (``padded_hidden``), reading only real positions. Without a varle
 sdpa computes the packed row's attention densely over all pairs; ``packing_pays`` then picks padding for many
 short sequences (measured on CPU: 64 arithmetic sequences, padded forward+backward 2x faster than packed).
 
-The hidden states (N, D) of the positions predicting the N completion tokens go with the lm_head weight to
-``algorithms.loss_from_hidden`` (the fused kernel). Heads that are not a plain linear layer (logit soft-capping)
-take the logits path: lm_head → soft-cap → ``rapid_kernels.token_logprobs`` → ``algorithms.loss_from_logprobs``.
+The hidden states (N, D) of the positions predicting the N completion tokens go with the lm_head weight to the
+fused kernels (rapid.policy.PolicyLoss); a soft-capped head is fused too (the kernels take ``softcap``). Only a head
+that is not a plain linear layer takes the logits path: lm_head → ``rapid_kernels.token_logprobs``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-import rapid_kernels
-
-from . import algorithms
-from .algorithms import LossResult, PackedBatch
-from .config import RapidConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +33,7 @@ class ModelParts:
     softcap: float | None = None     # final_logit_softcapping, if the model has one
     packed: bool = True              # packed forward verified (else always right-padded batches)
     varlen: bool = False             # attention kernel skips masked pairs (flash-attn varlen): packing is free
-    logits_path: bool = False        # use lm_head + token_logprobs instead of the fused kernel
+    logits_path: bool = False        # head is not nn.Linear: lm_head + token_logprobs instead of the fused kernel
 
     @property
     def weight(self) -> torch.Tensor:
@@ -57,11 +52,10 @@ def model_parts(model: torch.nn.Module) -> ModelParts:
     if base is None or not isinstance(base, torch.nn.Module):
         base = causal_lm.get_decoder()
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    logits_path = softcap is not None or not isinstance(head, torch.nn.Linear)
+    logits_path = not isinstance(head, torch.nn.Linear)
     if logits_path:
-        logger.warning("the output head is not a plain linear layer (soft-capping=%s, head=%s): using the logits "
-                       "path (lm_head + token_logprobs), which materialises (N, V) logits", softcap,
-                       type(head).__name__)
+        logger.warning("the output head is not a plain linear layer (%s): using the logits path (lm_head + "
+                       "token_logprobs), which materialises (N, V) logits", type(head).__name__)
     varlen = getattr(causal_lm.config, "_attn_implementation", None) == "flash_attention_2"
     return ModelParts(base=base, lm_head=head, softcap=softcap, logits_path=logits_path, varlen=varlen)
 
@@ -142,31 +136,3 @@ def check_packing(base: torch.nn.Module, device: torch.device, vocab_size: int) 
         logger.warning("packed forward differs from unpacked (max err %.3g): falling back to right-padded batches",
                        err)
     return ok
-
-
-def token_logprobs(cfg: RapidConfig, parts: ModelParts, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(N,) fp32 log π(y_t) under the tempered distribution, by whichever path the head allows."""
-    if parts.logits_path:
-        return rapid_kernels.token_logprobs(_logits(parts, hidden), targets, cfg.temperature,
-                                            backend=cfg.kernel_backend)
-    return rapid_kernels.linear_token_logprobs(hidden, parts.weight, targets, cfg.temperature, parts.bias,
-                                               backend=cfg.kernel_backend)
-
-
-def _logits(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor:
-    logits = parts.lm_head(hidden)                                                                   # (N, V)
-    if parts.softcap:
-        logits = torch.tanh(logits / parts.softcap) * parts.softcap
-    return logits
-
-
-def micro_batch_loss(cfg: RapidConfig, parts: ModelParts, prompt_ids: list[list[int]],
-                     completion_ids: list[list[int]], batch: PackedBatch, device: torch.device) -> LossResult:
-    """Forward one micro-batch (whole groups) and return its policy loss."""
-    hidden = completion_hidden(parts, prompt_ids, completion_ids, device)                           # (N, D)
-    if parts.logits_path:
-        lp = token_logprobs(cfg, parts, hidden, batch.targets)                                       # (N,)
-        return algorithms.loss_from_logprobs(cfg, batch, lp)
-    if hidden.dtype != parts.weight.dtype:
-        hidden = hidden.to(parts.weight.dtype)
-    return algorithms.loss_from_hidden(cfg, batch, hidden, parts.weight, parts.bias)

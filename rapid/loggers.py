@@ -34,6 +34,8 @@ def _scalar(value: Any) -> float | None:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bool, int)):                     # ints and bools keep their type (config rows)
+        return value
     scalar = _scalar(value)
     if scalar is not None:
         return scalar if math.isfinite(scalar) else None   # JSON has no NaN/inf
@@ -141,3 +143,34 @@ def read_metrics(output_dir: str) -> list[dict]:
                 if "step" in record:
                     records.append(record)
     return records
+
+
+def truncate_metrics(output_dir: str, last_rollout: int) -> int:
+    """Drop the step records after ``last_rollout`` from metrics.jsonl (a resumed run replays those rollouts), so
+    every rollout appears once. Rewritten atomically; returns the number of records dropped."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:          # a line cut by the crash
+                dropped += 1
+                continue
+            if "step" in record and int(record.get("rollout", record["step"])) > last_rollout:
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if dropped:
+        logger.info("metrics.jsonl: dropped %d record(s) after rollout %d (replayed on resume)", dropped, last_rollout)
+    return dropped

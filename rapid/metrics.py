@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import resource
 import signal
 import threading
 from pathlib import Path
@@ -21,10 +20,12 @@ class MetricsSink:
     """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.loggers."""
 
     def __init__(self, out_dir: Path | None, cfg: RapidConfig, history: list[dict], tensorboard: bool,
-                 wandb: bool = False) -> None:
-        from .loggers import MetricsLogger
+                 wandb: bool = False, resume_rollout: int | None = None) -> None:
+        from .loggers import MetricsLogger, truncate_metrics
 
         self.history = history
+        if out_dir is not None and resume_rollout is not None:
+            truncate_metrics(str(out_dir), resume_rollout)   # rows past the checkpoint are replayed: drop them
         self._logger = MetricsLogger(str(out_dir) if out_dir else None, tensorboard=tensorboard, wandb=wandb,
                                      config=cfg.to_dict())
 
@@ -45,13 +46,6 @@ def make_profiler(device: torch.device, out_dir: Path | None, num_params: int) -
     if "num_params" in accepted:
         kwargs["num_params"] = num_params
     return Profiler(device, **kwargs)
-
-
-def memory_gb(device: torch.device) -> float:
-    """Peak allocated device memory (CUDA) or peak resident set size of the process (CPU), in GB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # Linux reports KiB
 
 
 class _NoBar:

@@ -11,18 +11,8 @@ from .config import RapidConfig
 
 logger = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s by device-name substring (vendor spec sheets), for perf/mfu/actor.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
 def training_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def resolve_dtype(cfg: RapidConfig, device: torch.device) -> torch.dtype:
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, cfg.dtype)
 
 
 def attn_implementation(device: torch.device) -> str:
@@ -63,17 +53,15 @@ def context_length(model: object) -> int | None:
 
 
 def load_model(model: object, cfg: RapidConfig, device: torch.device) -> torch.nn.Module:
-    dtype = resolve_dtype(cfg, device)
+    """The policy on ``device`` with float32 parameters (the master copy; rapid.policy computes in cfg.dtype)."""
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype,
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32,
                                                      attn_implementation=attn_implementation(device))
     elif not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be an HF id, a local path or a PreTrainedModel, got {type(model).__name__}")
-    elif cfg.dtype != "auto":
-        model = model.to(dtype)
-    model = model.to(device)
+    model = model.to(device=device, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -89,11 +77,3 @@ def apply_peft(model: torch.nn.Module, peft_config) -> torch.nn.Module:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("LoRA via peft: %d trainable parameters", trainable)
     return model
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """Nominal dense bf16 peak of the device, None where unknown (CPU): MFU is then not reported."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)

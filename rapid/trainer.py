@@ -1,8 +1,8 @@
 """``rapid.train``: generate one large batch, then H small off-policy policy-gradient steps on it (RAPID).
 
-Reads top to bottom: validate → model / optimizer / engine → (resume) → loop over rollouts
-[adaptive H → wake → sync weights → generate → sleep → rewards → (recompute log μ) → H optimizer steps
-→ metrics → eval / checkpoint] → final checkpoint.
+Reads top to bottom: validate → seed → model / policy / engine → (resume) → loop over rollouts
+[adaptive H → ``collect_rollout`` (wake → sync weights → generate → sleep → rewards) → (recompute log μ)
+→ ``update`` (H optimizer steps) → ``rollout_metrics`` → eval / checkpoint] → final checkpoint.
 
 Departures from textbook GRPO (Shao et al. 2024), each deliberate:
 
@@ -14,16 +14,13 @@ Departures from textbook GRPO (Shao et al. 2024), each deliberate:
    advantages are not divided by the group std (``adv_scale="none"`` default).
 4. The loss is the sequence log-prob sum scaled by a constant (``loss_norm``, default max_new_tokens), averaged
    over sequences — no per-token length normalisation (which biases towards long wrong answers).
-5. log μ comes from the generation engine (the tempered distribution it sampled from), not a second forward pass,
-   unless ``behavior_logprobs="recompute"``; the gap is logged as ``rapid/engine_logprob_diff``.
+5. log μ comes from the generation engine (the processed distribution it sampled from, which rapid defines once
+   in ``rapid.sampling`` for both sides), not a second forward pass, unless ``behavior_logprobs="recompute"``
+   (the default for grpo); the gap is logged as ``rapid/engine_logprob_diff``.
 6. Failed rewards (``None``) count as 0.0 and are reported as ``reward/errors``.
 7. ``algo="grpg"`` (on-policy, w ≡ 1) and ``algo="grpo"`` (PPO-clip, std-normalised advantages, token-mean loss)
    run in this same loop, for fair comparisons.
-
-Interrupts (SIGINT / SIGTERM) finish the current optimizer step, skip the rest of the rollout, save a checkpoint
-(when output_dir is set) and *return* a ``TrainResult`` with ``interrupted=True``; a second signal raises
-``KeyboardInterrupt`` at once. ``resume=True`` continues from the newest checkpoint with the same model,
-optimizer, RNG, prompt order and counters, so the rollouts that follow match an uninterrupted run.
+8. Parameters and optimizer state are fp32 masters; forward/backward run in ``dtype`` (rapid.policy).
 """
 
 from __future__ import annotations
@@ -31,29 +28,32 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import statistics
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import algorithms, checkpoint, data
+from . import checkpoint, data
 from .adaptive import AdaptiveH
-from .buffer import RolloutBuffer, score
 from .config import RapidConfig
-from .engines import SamplingConfig, make_engine
-from .forward import check_packing, completion_hidden, micro_batch_loss, model_parts, token_logprobs
-from .metrics import MetricsSink, StopFlag, make_profiler, memory_gb, progress_bar
-from .model_utils import apply_peft, context_length, load_model, load_tokenizer, peak_flops, training_device
+from .engines import make_engine
+from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
+from .model_utils import apply_peft, context_length, load_model, load_tokenizer, training_device
+from .policy import Policy
+from .rollout import collect_rollout, evaluate_rewards, rollout_metrics, rollout_sampling
+from .update import recompute_behavior, update
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "evaluate_rewards", "train"]
 
 
 @dataclass
 class TrainResult:
-    model: torch.nn.Module
+    model: torch.nn.Module                              # the trained policy: fp32 master weights
     tokenizer: object
     history: list[dict] = field(default_factory=list)   # one metrics dict per rollout (and eval points)
     output_dir: str | None = None
@@ -63,6 +63,33 @@ class TrainResult:
 
 def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenizer=None, peft_config=None,
           eval_dataset=None, eval_fn=None) -> TrainResult:
+    """Fine-tune ``model`` with RAPID (or GRPG / GRPO, ``config.algo``) on ``dataset`` scored by ``reward_fn``.
+
+    Args:
+        model: an HF model id, a local model directory, or a ``PreTrainedModel`` instance (then pass
+            ``tokenizer``). Its parameters become the fp32 master copy (``config.dtype`` is the compute dtype).
+        dataset: rows (a list of dicts or a ``datasets.Dataset``) with a ``"prompt"`` — a string, or a list of
+            ``{"role", "content"}`` chat messages rendered with the tokenizer's chat template — plus the columns
+            ``reward_fn`` needs (e.g. ``"answer"``).
+        reward_fn: ``reward_fn(prompts, completions, **columns) -> list[float | None]``, one value per
+            completion; ``None``, an exception or a timeout (``config.reward_timeout_s``) scores 0.0 and is
+            counted in ``reward/errors``. It receives the rows' own prompts and its columns repeated per sample.
+        config: a ``RapidConfig`` (defaults when None); validated before anything is loaded.
+        tokenizer: required when ``model`` is an instance without one attached.
+        peft_config: a ``peft`` config (e.g. ``LoraConfig``): train adapters only; the engine gets merged weights.
+        eval_dataset: rows evaluated greedily before training, every ``config.eval_every`` rollouts and at the
+            end (``eval/reward``).
+        eval_fn: ``eval_fn(model, tokenizer) -> dict[str, float]``, logged under ``eval/``.
+
+    Returns:
+        ``TrainResult`` with the trained model (fp32), the tokenizer, the metrics history (one dict per rollout,
+        verl's metric names), the output directory and whether the run was interrupted. With ``output_dir`` set,
+        the run writes ``metrics.jsonl``, ``profile.json`` / ``profile_timeline.png``, checkpoints (atomic; resume
+        with ``resume=True``) and the final model under ``output_dir/model``.
+
+    SIGINT / SIGTERM finish the current optimizer step, save a checkpoint that holds the rest of the rollout
+    (when output_dir is set) and return with ``interrupted=True``; resuming continues exactly where it stopped.
+    """
     cfg = config if config is not None else RapidConfig()
     if not isinstance(cfg, RapidConfig):
         raise ValueError(f"config must be a RapidConfig, got {type(cfg).__name__}")
@@ -76,47 +103,53 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     if eval_fn is not None and not callable(eval_fn):
         raise ValueError("eval_fn must be callable: eval_fn(model, tokenizer) -> dict[str, float]")
     tokenizer = load_tokenizer(model, tokenizer)
+    template = data.wants_chat_template(cfg.chat_template, tokenizer, _model_name(model))
+    texts = data.render_prompts(rows, tokenizer, template)
+    eval_texts = data.render_prompts(eval_rows, tokenizer, template) if eval_rows is not None else None
     context = context_length(model)
     limit = cfg.max_prompt_tokens or ((context - cfg.max_new_tokens) if context else None)
     if limit is not None and limit < 1:
         raise ValueError(f"max_new_tokens ({cfg.max_new_tokens}) leaves no room for prompts in the context "
                          f"({context})")
-    if limit is not None:
-        for split, split_rows in (("dataset", rows), ("eval_dataset", eval_rows or [])):
-            if split_rows:
-                data.check_prompt_lengths(split_rows, tokenizer, limit, split)
-    data.probe_reward(reward_fn, rows)
+    longest = data.check_prompt_lengths(texts, tokenizer, limit, "dataset")
+    if eval_texts:
+        longest = max(longest, data.check_prompt_lengths(eval_texts, tokenizer, limit, "eval_dataset"))
+    if cfg.micro_batch_tokens is not None and longest + cfg.max_new_tokens > cfg.micro_batch_tokens:
+        raise ValueError(f"micro_batch_tokens ({cfg.micro_batch_tokens}) is smaller than the longest prompt "
+                         f"({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}): one sequence must fit")
+    data.probe_reward(reward_fn, rows, cfg.reward_timeout_s)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    if cfg.resume and checkpoint.latest_checkpoint(out_dir / "checkpoints") is None:
-        logger.warning("resume=True but no checkpoint under %s: starting fresh", out_dir)
     logger.info("rapid config: %s", json.dumps(cfg.to_dict(), default=str))
 
-    # ---- model, optimizer, engine, profiler ---------------------------------------------------------------------
+    # ---- seed, model, policy, engine, profiler ------------------------------------------------------------------
+    seed_everything(cfg.seed)                      # before LoRA init: two runs with one seed are identical
     device = training_device()
     model = load_model(model, cfg, device)
     if peft_config is not None:
         model = apply_peft(model, peft_config)
-    parts = model_parts(model)
-    parts.packed = check_packing(parts.base, device, parts.weight.shape[0])
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    num_params = sum(p.numel() for p in model.parameters())
+    policy = Policy(model, cfg, device, total_steps=cfg.num_rollouts * cfg.steps_per_rollout)
     summary: list[str | None] = []                # the profiler's table, filled when it closes
     with contextlib.ExitStack() as cleanup:
-        engine = make_engine(cfg, model, tokenizer, out_dir)
+        engine = make_engine(cfg, model, tokenizer, out_dir, dtype=policy.compute_dtype)
         cleanup.callback(engine.close)         # also on errors: a leaked vLLM engine breaks the next one
-        profiler = make_profiler(device, out_dir, num_params)
+        profiler = make_profiler(device, out_dir, policy.num_params)
         cleanup.callback(lambda: summary.append(profiler.close()))
         controller = AdaptiveH(cfg) if cfg.adaptive_h else None
-        peak = peak_flops(device)
 
         # ---- resume ----------------------------------------------------------------------------------------------
-        state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
+        state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": [],
+                 "pending": None}
         last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
+        if cfg.resume and last is None:
+            logger.warning("resume=True but no checkpoint under %s: starting fresh", out_dir)
         if last is not None:
-            state.update(checkpoint.load_checkpoint(last, model, optimizer))
+            state.update(checkpoint.load_checkpoint(last, policy.model, policy.optimizer))
+            policy.load_state_dict(state.pop("policy"))
+            if controller is not None and state.get("adaptive_h") is not None:
+                controller.load_state_dict(state["adaptive_h"])
         history: list[dict] = state["history"]
-        sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard, wandb=cfg.wandb)
+        sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                           resume_rollout=state["rollout"] if last is not None else None)
         cleanup.callback(sink.close)
         sampler = data.PromptSampler(rows, cfg.seed, state["prompts_consumed"])
 
@@ -124,9 +157,11 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             if out_dir is None:
                 return
             with profiler.phase("save"):
-                state.update(prompts_consumed=sampler.consumed, history=history)
-                checkpoint.save_checkpoint(out_dir / "checkpoints", state["rollout"], model, optimizer, state,
-                                           cfg.to_dict(), keep=cfg.keep_checkpoints)
+                state.update(prompts_consumed=sampler.consumed, history=history, policy=policy.state_dict(),
+                             adaptive_h=controller.state_dict() if controller is not None else None)
+                checkpoint.save_checkpoint(out_dir / "checkpoints", state["rollout"], policy.model,
+                                           policy.optimizer, state, cfg.to_dict(), keep=cfg.keep_checkpoints)
+                state.pop("policy")
 
         def evaluate() -> dict[str, float]:
             metrics: dict[str, float] = {}
@@ -135,12 +170,12 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     metrics.update({k if k.startswith("eval/") else f"eval/{k}": float(v)
                                     for k, v in eval_fn(model, tokenizer).items()})
                 if eval_rows is not None:
-                    metrics.update(evaluate_rewards(engine, model, eval_rows, reward_fn, cfg))
+                    metrics.update(evaluate_rewards(engine, model, eval_rows, eval_texts, reward_fn, cfg))
             return metrics
 
         # ---- the loop -------------------------------------------------------------------------------------------
         interrupted = False
-        if state["rollout"] == 0 and (eval_rows is not None or eval_fn is not None):
+        if state["rollout"] == 0 and state["pending"] is None and (eval_rows is not None or eval_fn is not None):
             sink.log({"rollout": 0, "time/train_s": 0.0, **evaluate()})
         bar = progress_bar(cfg, initial=state["rollout"])
         with StopFlag() as stop:
@@ -149,86 +184,66 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     break
                 profiler.start_rollout()
                 t_start = time.perf_counter()
-                h = controller.next_h() if controller is not None else cfg.steps_per_rollout
-                batch_rows = sampler.take(h * cfg.prompts_per_step)
-                sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                          top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + state["rollout"])
-                with profiler.phase("wake"):
-                    engine.wake()
-                with profiler.phase("update_weights"):
-                    engine.sync_weights(model)
-                with profiler.phase("gen"):
-                    rollout = engine.generate([r["prompt"] for r in batch_rows], cfg.group_size, sampling)
-                profiler.add_tokens("gen", rollout.num_completion_tokens)
-                with profiler.phase("sleep"):
-                    engine.sleep()
-                with profiler.phase("reward"):
-                    rewards, reward_stats = score(reward_fn, rollout, batch_rows, cfg.reward_workers,
-                                                  cfg.reward_timeout_s)
-                buffer = RolloutBuffer(rollout, rewards, cfg.group_size)
-                logprob_diff = None
-                if cfg.behavior_logprobs == "recompute":
-                    with profiler.phase("old_log_prob"):
-                        logprob_diff = recompute_behavior(cfg, parts, buffer, device)
+                pending = state["pending"]
+                if pending is None:                 # a new rollout (else: the rest of an interrupted one)
+                    h = controller.next_h() if controller is not None else cfg.steps_per_rollout
+                    first_key = sampler.consumed
+                    idx = sampler.take_indices(h * cfg.prompts_per_step)
+                    sampling = rollout_sampling(cfg, state["rollout"], first_key, len(idx))
+                    buffer, info = collect_rollout(engine, model, [rows[i] for i in idx], [texts[i] for i in idx],
+                                                   reward_fn, cfg, sampling, profiler, lambda: stop.requested)
+                    if cfg.behavior_source == "recompute":
+                        with profiler.phase("old_log_prob"):
+                            recompute_behavior(policy, buffer)
+                    pending = {"buffer": buffer, "info": info, "h": h, "next_step": 0, "step_stats": [],
+                               "tokens": 0}
 
-                # H optimizer steps on disjoint whole-group mini-batches of this one rollout
-                step_stats: list[dict[str, float]] = []
-                trained_tokens = 0
+                def on_step(j: int, stats: dict[str, float]) -> bool:
+                    pending["step_stats"].append(stats)
+                    pending["next_step"] = j + 1
+                    state["global_step"] += 1
+                    if controller is not None:
+                        controller.observe_step(stats)
+                    if stop.requested and j + 1 < pending["h"]:
+                        logger.warning("interrupt: saving the rollout with %d of %d steps left", pending["h"] - j - 1,
+                                       pending["h"])
+                        return False
+                    return True
+
                 with profiler.phase("update_actor"):
-                    for j, groups in enumerate(buffer.minibatches(h, seed=cfg.seed * 7_919 + state["rollout"])):
-                        micro = buffer.micro_batches(groups, cfg.micro_batch_size, device)
-                        stats, diff = optimizer_step(cfg, parts, model, optimizer, micro, params)
-                        stats["rapid/staleness"] = float(j)     # optimizer steps since the rollout was sampled
-                        step_stats.append(stats)
-                        trained_tokens += sum(mb.num_tokens for mb in micro)
-                        logprob_diff = diff if logprob_diff is None else logprob_diff
-                        if controller is not None and hasattr(controller, "observe_step"):
-                            controller.observe_step(stats)
-                        state["global_step"] += 1
-                        if stop.requested:
-                            logger.warning("interrupt: skipping the remaining %d steps of this rollout", h - j - 1)
-                            break
-                profiler.add_tokens("update_actor", trained_tokens)
-
-                state["rollout"] += 1
-                metrics = profiler.end_rollout()
+                    _, tokens = update(policy, pending["buffer"], pending["h"], seed=cfg.seed * 7_919 + state["rollout"],
+                                       start=pending["next_step"], on_step=on_step)
+                pending["tokens"] += tokens
+                profiler.add_tokens("update_actor", tokens)
                 step_s = time.perf_counter() - t_start
                 state["train_seconds"] += step_s
-                lengths = [len(c) for c in rollout.completion_ids]
-                total_tokens = rollout.num_completion_tokens + sum(len(rollout.prompt_ids[i // rollout.n])
-                                                                   for i in range(len(lengths)))
-                metrics.update({
-                    "rollout": state["rollout"], "global_step": state["global_step"], "rapid/steps": len(step_stats),
-                    "time/train_s": state["train_seconds"],
-                    "reward/mean": statistics.fmean(rewards), "reward/std": statistics.pstdev(rewards),
-                    **reward_stats,
-                    "response_length/mean": statistics.fmean(lengths),
-                    "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
-                    "perf/throughput": total_tokens / step_s, "perf/samples_per_s": len(lengths) / step_s,
-                    "perf/max_memory_allocated_gb": memory_gb(device),
-                    "rapid/engine_logprob_diff": logprob_diff,
-                })
-                for key in step_stats[0] if step_stats else ():
-                    metrics[key] = statistics.fmean(s[key] for s in step_stats)
-                update_s = metrics.get("timing_s/update_actor", 0.0)
-                if peak and update_s > 0 and "perf/mfu/actor" not in metrics:
-                    metrics["perf/mfu/actor"] = 6 * num_params * trained_tokens / update_s / peak
+                if pending["next_step"] < pending["h"]:            # interrupted inside the rollout
+                    state["pending"] = pending
+                    break
+                state["pending"] = None
+                state["rollout"] += 1
+                metrics = profiler.end_rollout()
+                metrics.update(rollout_metrics(pending["buffer"], pending["info"], pending["step_stats"]))
+                metrics.update({"rollout": state["rollout"], "global_step": state["global_step"],
+                                "time/train_s": state["train_seconds"],
+                                "perf/samples_per_s": len(pending["buffer"].rewards) / step_s})
                 if controller is not None:
                     controller.update(metrics)
+                    metrics.update(controller.state())
                 if cfg.eval_every and state["rollout"] % cfg.eval_every == 0 and state["rollout"] < cfg.num_rollouts:
                     metrics.update(evaluate())
                 sink.log(metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tok_s=f"{metrics['perf/throughput']:.0f}")
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                                tok_s=f"{metrics.get('perf/throughput', 0.0):.0f}")
                 if cfg.save_every and state["rollout"] % cfg.save_every == 0 and not stop.requested:
                     save()
-                if controller is not None and getattr(controller, "exhausted", False):
+                if controller is not None and controller.exhausted:
                     break                                   # the controller's step budget is spent
             interrupted = stop.requested
             bar.close()
-            already = bool(history) and history[-1].get("rollout") == state["rollout"] and any(
-                k.startswith("eval/") for k in history[-1])
-            if not interrupted and not already and (eval_rows is not None or eval_fn is not None):
+            if not interrupted and (eval_rows is not None or eval_fn is not None) and not _evaluated_at(
+                    history, state["rollout"]):
                 sink.log({"rollout": state["rollout"], "time/train_s": state["train_seconds"], "final": True,
                           **evaluate()})
             save()
@@ -240,58 +255,19 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                        profile_summary=summary[0] if summary else None)
 
 
-def optimizer_step(cfg: RapidConfig, parts, model, optimizer, micro_batches, params) -> tuple[dict, float]:
-    """One optimizer step over a mini-batch, accumulating gradients over its micro-batches exactly.
-
-    Each micro-batch loss is normalised within itself (by its sequences, or tokens for grpo); weighting it by
-    count / total makes the accumulated gradient that of the whole mini-batch. Returns the averaged diagnostics
-    and the mean |log μ_engine − log π_trainer| per token, measured before this step's update.
-    """
-    counts = [mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro_batches]
-    total = max(sum(counts), 1)
-    optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, torch.Tensor] = {}          # count-weighted diagnostics, kept on the device until the end
-    diff_sum, diff_n = 0.0, 0
-    for mb, count in zip(micro_batches, counts):
-        res = micro_batch_loss(cfg, parts, mb.prompt_ids, mb.completion_ids, mb.batch, mb.batch.targets.device)
-        (res.loss * (count / total)).backward()
-        weight = count / total
-        for key, value in (("actor/loss", res.loss.detach()), *res.stats.items()):
-            sums[key] = sums.get(key, 0.0) + value.float() * weight
-        diff_sum = diff_sum + (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum()
-        diff_n += mb.batch.num_tokens
-    sums["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-    optimizer.step()
-    sums["engine_logprob_diff"] = diff_sum / max(diff_n, 1)
-    stats = algorithms.diagnostics(sums)        # one device-to-host transfer per step, not one per statistic
-    return stats, stats.pop("engine_logprob_diff")
+def seed_everything(seed: int) -> None:
+    """torch (CPU and CUDA), numpy and python's ``random``: LoRA init, dropout and anything a user hooks in."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
 
 
-@torch.no_grad()
-def recompute_behavior(cfg: RapidConfig, parts, buffer: RolloutBuffer, device: torch.device) -> float:
-    """log μ by the trainer's own forward (exact: w = 1 on the first step); returns the engine's mean gap."""
-    all_groups = list(range(buffer.num_groups))
-    recomputed = [None] * len(buffer.rewards)
-    diff_sum, n = 0.0, 0
-    for mb in buffer.micro_batches(all_groups, cfg.micro_batch_size, device):
-        hidden = completion_hidden(parts, mb.prompt_ids, mb.completion_ids, device)                  # (N, D)
-        lp = token_logprobs(cfg, parts, hidden.to(parts.weight.dtype), mb.batch.targets)              # (N,)
-        diff_sum += (lp - mb.batch.behavior_logprobs).abs().sum().item()
-        n += lp.numel()
-        cu = mb.batch.cu_seqlens.tolist()
-        for i, s in enumerate(mb.seq_index):
-            recomputed[s] = lp[cu[i]:cu[i + 1]]
-    buffer.set_behavior(recomputed)
-    return diff_sum / max(n, 1)
+def _evaluated_at(history: list[dict], rollout: int) -> bool:
+    return bool(history) and history[-1].get("rollout") == rollout and any(k.startswith("eval/") for k in history[-1])
 
 
-def evaluate_rewards(engine, model, rows: list[dict], reward_fn, cfg: RapidConfig) -> dict[str, float]:
-    """Greedy decoding of every eval prompt; the mean reward is ``eval/reward`` (accuracy for 0/1 rewards)."""
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
-    engine.wake()
-    engine.sync_weights(model)
-    rollout = engine.generate([r["prompt"] for r in rows], 1, sampling)
-    engine.sleep()
-    rewards, reward_stats = score(reward_fn, rollout, rows, cfg.reward_workers, cfg.reward_timeout_s)
-    return {"eval/reward": statistics.fmean(rewards), "eval/errors": reward_stats["reward/errors"],
-            "eval/response_length": statistics.fmean(len(c) for c in rollout.completion_ids)}
+def _model_name(model: object) -> str | None:
+    if isinstance(model, str):
+        return model
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)

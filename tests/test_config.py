@@ -7,11 +7,16 @@ from rapid.config import RapidConfig
 BAD = [
     ("algo", dict(algo="ppo")),
     ("group_size", dict(group_size=1)),                                             # LOO needs K >= 2
-    ("group_size", dict(group_size=0, baseline="mean")),
+    ("group_size", dict(group_size=1, baseline="mean")),                            # zero advantage by construction
     ("prompts_per_rollout", dict(prompts_per_rollout=10, prompts_per_step=4)),       # not divisible
     ("prompts_per_step", dict(algo="grpg", prompts_per_rollout=16, prompts_per_step=8)),  # grpg is on-policy
-    ("micro_batch_size", dict(micro_batch_size=5)),                                 # not whole groups
-    ("micro_batch_size", dict(micro_batch_size=128)),                               # larger than a step
+    ("micro_batch_size", dict(micro_batch_size=0)),
+    ("micro_batch_tokens", dict(micro_batch_tokens=100, max_new_tokens=256)),      # cannot hold one sequence
+    ("max_num_seqs", dict(max_num_seqs=0)),
+    ("top_k", dict(top_k=-1)),
+    ("lr_scheduler", dict(lr_scheduler="step")),
+    ("warmup_steps", dict(warmup_steps=-1)),
+    ("chat_template", dict(chat_template="yes")),
     ("eta", dict(eta=0)),
     ("eta", dict(eta=float("nan"))),
     ("lr", dict(lr=-1e-5)),

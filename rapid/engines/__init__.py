@@ -24,19 +24,23 @@ def resolve_engine_name(name: str, device: torch.device) -> str:
     return "hf"
 
 
-def make_engine(config, model: torch.nn.Module, tokenizer, workdir: str | Path | None) -> Engine:
-    """The engine ``config.engine`` names, sampling from ``model`` (HF: the same object; vLLM: synced copies)."""
+def make_engine(config, model: torch.nn.Module, tokenizer, workdir: str | Path | None,
+                dtype: torch.dtype | None = None) -> Engine:
+    """The engine ``config.engine`` names, sampling from ``model`` (HF: the same object; vLLM: synced copies).
+
+    ``dtype`` is the compute dtype the engine runs in (the trainer's; the master weights are cast to it).
+    """
     device = next(model.parameters()).device
     name = resolve_engine_name(config.engine, device)
     logger.info("generation engine: %s (config.engine=%r, device=%s)", name, config.engine, device)
     if name == "hf":
         from .hf import HFEngine
 
-        return HFEngine(model, tokenizer)
+        return HFEngine(model, tokenizer, max_num_seqs=config.max_num_seqs, dtype=dtype)
     if name == "vllm":
         try:
             from .vllm import VLLMEngine
         except ImportError as err:
             raise ValueError(f"engine='vllm' but vLLM (or rapid.engines.vllm) cannot be imported: {err}") from err
-        return VLLMEngine(model, tokenizer, config, workdir)
+        return VLLMEngine(model, tokenizer, config, workdir, dtype=dtype)
     raise ValueError(f"engine must be 'auto', 'hf' or 'vllm', got {name!r}")

@@ -13,9 +13,13 @@ class SamplingConfig:
     """What an engine needs to sample one rollout."""
 
     max_new_tokens: int
-    temperature: float = 1.0
+    temperature: float = 1.0           # 0: greedy (evaluation only)
+    top_k: int = 0                     # 0: off
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | None = None            # base of the per-completion seeds (None: random)
+    prompt_keys: tuple[int, ...] | None = None
+    """A stable identity per prompt (its position in the global rollout): completion j of the prompt with key p is
+    drawn with seed hash(seed, p, j), whatever the batch, chunking, rank or process that generates it."""
 
 
 @dataclass
@@ -23,8 +27,8 @@ class Rollout:
     """prompts × n completions from one engine call, grouped: completion i belongs to prompt i // n.
 
     Completions are ragged: ``completion_ids[i]`` holds the sampled tokens (EOS included when it was sampled) and
-    ``logprobs[i]`` the behaviour log-probs of exactly those tokens under the *processed* (temperature / top-p)
-    sampling distribution, in float32.
+    ``logprobs[i]`` the behaviour log-probs of exactly those tokens under the *processed* (temperature / top-k /
+    top-p) sampling distribution, in float32.
     """
 
     prompts: list[str]

@@ -1,46 +1,60 @@
 """HFEngine: batched sampling with transformers ``generate`` on the trainer's own model object (zero copy).
 
-The behaviour log-probs must be those of the *processed* distribution (temperature, top-p) the tokens were drawn
-from. ``generate`` applies user logits processors *before* its own warpers, so we switch its warpers off
-(temperature 1, top_k 0, top_p 1) and pass temperature and top-p ourselves, followed by a recorder that sees the
-exact scores ``generate`` samples from. The recorder keeps one step of log-softmax (B, V) and gathers the token
-sampled from it on the next call, so memory is O(B·V), not O(B·V·T) as ``output_scores`` would be.
+The behaviour distribution must be exactly the one the trainer's log π describes (DESIGN.md section 1), so rapid
+does the sampling itself and lets ``generate`` only run the model and the KV cache:
+
+- ``generate`` runs in greedy mode with one logits processor, ``_Sampler``, last in the list. It turns the raw
+  scores into the processed distribution (temperature, top-k, top-p: ``rapid.sampling.truncate``), draws one token
+  per row with ``rapid.sampling.sample`` (counter-based noise: a row's draw does not depend on the batch), records
+  its log-prob, and hands back scores whose argmax is that token. After ``generate`` the returned tokens are
+  checked against the recorded draws, so nothing after the sampler can have changed them unnoticed.
+- The model's ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty=1.05``; others set n-gram blocks,
+  min lengths, bad words, forced tokens) is swapped for a pristine one during the call: transformers fills every
+  unset field of the config we pass from it, which would shape sampling behind the trainer's back.
+- Sequences are generated ``max_num_seqs`` at a time (a 512 × 16 rollout is never one ``generate`` batch); with
+  the batch-invariant sampler the result does not depend on the chunking.
+- ``dtype``: with fp32 master weights and a 16-bit compute dtype, generation runs under ``torch.autocast`` — the
+  engine sees the weights cast to its dtype, as the training forward does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from .. import sampling as smp
 from .base import Rollout, SamplingConfig
 
 logger = logging.getLogger(__name__)
 
 
-class _LogprobRecorder(LogitsProcessor):
-    """Records log p(sampled token) under the scores it is handed (the last processor in the list)."""
+class _Sampler(LogitsProcessor):
+    """Samples each step itself and records log μ(sampled token) of the processed distribution."""
 
-    def __init__(self) -> None:
-        self.steps: list[torch.Tensor] = []        # each (B,) fp32
-        self._last: torch.Tensor | None = None     # (B, V) log-softmax of the previous step
+    def __init__(self, sampling: SamplingConfig, seeds: torch.Tensor) -> None:
+        self.sampling = sampling
+        self.seeds = seeds                      # (B,) int64 per-row seeds
+        self.tokens: list[torch.Tensor] = []    # per step (B,) int64
+        self.logprobs: list[torch.Tensor] = []  # per step (B,) fp32
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self._last is not None:                 # input_ids[:, -1] was sampled from the previous step's scores
-            self.steps.append(self._last.gather(1, input_ids[:, -1:]).squeeze(1))
-        self._last = torch.log_softmax(scores.float(), dim=-1)                        # (B, V)
-        return scores
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """(B, T_new) log-probs once generation returned ``sequences`` (prompt + new tokens)."""
-        if self._last is not None:
-            self.steps.append(self._last.gather(1, sequences[:, -1:]).squeeze(1))
-            self._last = None
-        return torch.stack(self.steps, dim=1) if self.steps else sequences.new_zeros((sequences.shape[0], 0),
-                                                                                      dtype=torch.float32)
+        s = self.sampling
+        raw = scores.float()                                                          # (B, V)
+        if s.temperature == 0:                                                        # greedy (evaluation)
+            z = raw
+            token = torch.argmax(z, dim=-1)                                           # (B,)
+        else:
+            z = smp.truncate(raw / s.temperature, s.top_k, s.top_p)                   # (B, V)
+            token = smp.sample(z, self.seeds.to(z.device), len(self.tokens))          # (B,)
+        logp = torch.log_softmax(z, dim=-1).gather(1, token[:, None]).squeeze(1)      # (B,)
+        self.tokens.append(token)
+        self.logprobs.append(logp)
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter_(1, token[:, None], 0.0)                                # argmax = the draw
 
 
 class HFEngine:
@@ -49,12 +63,16 @@ class HFEngine:
     ``SamplingConfig.temperature == 0`` means greedy decoding (used for evaluation).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, max_batch_size: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, max_num_seqs: int | None = 256,
+                 dtype: torch.dtype | None = None) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad_token (HFEngine pads prompts on the left)")
+        if max_num_seqs is not None and max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1 or None, got {max_num_seqs}")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
+        self.max_num_seqs = max_num_seqs
+        self.dtype = dtype
         self.eos_ids = _eos_ids(model, tokenizer)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -74,20 +92,22 @@ class HFEngine:
     def generate(self, prompts: list[str], n: int, sampling: SamplingConfig) -> Rollout:
         start = time.perf_counter()
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        keys = list(sampling.prompt_keys) if sampling.prompt_keys is not None else list(range(len(prompts)))
+        if len(keys) != len(prompts):
+            raise ValueError(f"sampling.prompt_keys has {len(keys)} entries for {len(prompts)} prompts")
+        base = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        seeds = smp.row_seeds(base, keys, n)                                               # (P*n,)
         flat = [ids for ids in prompt_ids for _ in range(n)]                 # completion i ↔ prompt i // n
-        chunk = self.max_batch_size or len(flat)
+        chunk = self.max_num_seqs or len(flat)
         was_training = self.model.training
         self.model.eval()
         completion_ids: list[list[int]] = []
         logprobs: list[torch.Tensor] = []
         finished: list[bool] = []
         try:
-            rng_devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices, enabled=sampling.seed is not None):
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
+            with self._autocast(), _pristine_generation_config(self.model):
                 for lo in range(0, len(flat), chunk):
-                    ids, lps, fin = self._generate_chunk(flat[lo:lo + chunk], sampling)
+                    ids, lps, fin = self._generate_chunk(flat[lo:lo + chunk], sampling, seeds[lo:lo + chunk])
                     completion_ids += ids
                     logprobs += lps
                     finished += fin
@@ -103,37 +123,57 @@ class HFEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingConfig):
+    def _autocast(self):
+        if self.dtype is None or self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: torch.Tensor):
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)  # (B, P)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids],
                                       device=self.device)                                              # (B, P)
-        recorder = _LogprobRecorder()
-        processors = LogitsProcessorList()
-        greedy = sampling.temperature == 0          # eval: argmax decoding, log-probs of the raw distribution
-        if sampling.temperature not in (0.0, 1.0):
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-        if sampling.top_p < 1.0 and not greedy:
-            processors.append(TopPLogitsWarper(sampling.top_p))
-        processors.append(recorder)
-        warpers_off = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        gen_config = GenerationConfig(do_sample=not greedy, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id,
-                                      **warpers_off)
+        sampler = _Sampler(sampling, seeds)
+        gen_config = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                                      eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id)
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=gen_config, logits_processor=processors)  # (B, P+T)
-        new_tokens = sequences[:, width:]                                                           # (B, T)
-        token_lp = recorder.finish(sequences).cpu()                                                 # (B, T)
+                                        generation_config=gen_config,
+                                        logits_processor=LogitsProcessorList([sampler]))           # (B, P+T)
+        new_tokens = sequences[:, width:].cpu()                                                     # (B, T)
+        steps = new_tokens.shape[1]
+        drawn = torch.stack(sampler.tokens[:steps], 1).cpu() if steps else new_tokens             # (B, T)
+        token_lp = torch.stack(sampler.logprobs[:steps], 1).float().cpu() if steps else new_tokens.float()
         ids_out, lps_out, fin_out = [], [], []
         eos = set(self.eos_ids)
-        for row, lp_row in zip(new_tokens.tolist(), token_lp):
+        for row, drawn_row, lp_row in zip(new_tokens.tolist(), drawn.tolist(), token_lp):
             end = next((i + 1 for i, t in enumerate(row) if t in eos), None)   # keep EOS, drop what follows
             length = end if end is not None else len(row)
+            if row[:length] != drawn_row[:length]:
+                raise RuntimeError("transformers generate returned tokens the rapid sampler did not draw: a logits "
+                                   "processor after it changed the distribution (behaviour log-probs would be wrong)")
             ids_out.append(row[:length])
-            lps_out.append(lp_row[:length].float().contiguous())
+            lps_out.append(lp_row[:length].contiguous())
             fin_out.append(end is not None)
         return ids_out, lps_out, fin_out
+
+
+@contextlib.contextmanager
+def _pristine_generation_config(model: torch.nn.Module):
+    """Swap every ``generation_config`` reachable from ``model`` (peft wrapper, base model) for a pristine one."""
+    owners, seen = [], set()
+    for candidate in (model, getattr(model, "base_model", None), getattr(model, "model", None),
+                      model.get_base_model() if hasattr(model, "get_base_model") else None):
+        if candidate is not None and id(candidate) not in seen and hasattr(candidate, "generation_config"):
+            seen.add(id(candidate))
+            owners.append((candidate, candidate.generation_config))
+    try:
+        for owner, _ in owners:
+            owner.generation_config = GenerationConfig()
+        yield
+    finally:
+        for owner, original in owners:
+            owner.generation_config = original
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

@@ -14,8 +14,9 @@ rewritten every one of them (https://github.com/vllm-project/vllm/issues/29341: 
 generates garbage). ``sync_weights`` wakes the weights itself when ``wake`` was not called. On CPU vLLM has no
 sleep mode: ``sleep``/``wake`` are no-ops there.
 
-Log-probs are vLLM's ``processed_logprobs`` of the sampled token: after temperature and top-p, i.e. the behaviour
-distribution the importance ratio needs.
+Log-probs are vLLM's ``processed_logprobs`` of the sampled token: after temperature, top-k and top-p, i.e. the
+behaviour distribution the importance ratio needs. The engine starts with ``generation_config="vllm"`` and every
+request sets penalties and min-p/min-tokens to "off", so nothing from the model's ``generation_config`` shapes it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from pathlib import Path
 import torch
 
 from ..config import RapidConfig
+from ..sampling import row_seeds
 from . import _vllm_compat as compat
 from .base import Rollout, SamplingConfig
 
 logger = logging.getLogger(__name__)
-
-_SEED_STRIDE = 1 << 20      # per-sample seeds: sampling.seed s, prompt i, sample j -> s * stride + i * n + j
-
 
 class EngineError(RuntimeError):
     """The generation engine failed; the message says what to change, ``__cause__`` holds vLLM's error."""
@@ -68,8 +67,9 @@ class VLLMEngine:
     """
 
     def __init__(self, model, tokenizer, config: RapidConfig, workdir: str | Path | None = None,
-                 seed_requests: bool = True, **llm_kwargs) -> None:
+                 seed_requests: bool = True, dtype: torch.dtype | None = None, **llm_kwargs) -> None:
         self.config = config
+        self._requested_dtype = dtype
         self.tokenizer = tokenizer
         self.seed_requests = seed_requests
         self.on_cuda = torch.cuda.is_available() and (
@@ -94,8 +94,11 @@ class VLLMEngine:
         kwargs = dict(
             model=str(path), tokenizer=str(path), dtype=self._dtype_name(model), seed=config.seed,
             max_model_len=self.max_model_len, enforce_eager=config.enforce_eager,
-            logprobs_mode="processed_logprobs",     # behaviour log-probs after temperature / top-p
+            logprobs_mode="processed_logprobs",     # behaviour log-probs after temperature / top-k / top-p
+            generation_config="vllm",               # never the model's generation_config: only RapidConfig samples
         )
+        if config.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = config.max_num_seqs
         if self.on_cuda:
             kwargs.update(enable_sleep_mode=True, gpu_memory_utilization=config.gpu_memory_utilization)
         kwargs.update(llm_kwargs)
@@ -129,6 +132,8 @@ class VLLMEngine:
         return workdir
 
     def _dtype_name(self, model) -> str:
+        if self._requested_dtype is not None:
+            return str(self._requested_dtype).removeprefix("torch.")
         if isinstance(model, (str, Path)):
             return "auto" if self.config.dtype == "auto" else self.config.dtype
         return str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -156,15 +161,18 @@ class VLLMEngine:
                                   f"{sampling.max_new_tokens} it exceeds the engine's max_model_len="
                                   f"{self.max_model_len}: shorten the prompt or raise max_model_len")
         stats = {"engine/wake_s": self._ensure_awake_for_generation()}
-        # vLLM seeds the j-th of n samples with seed + j, so prompts get disjoint seed ranges (an equal seed per
-        # prompt would draw the same noise for every prompt); the trainer varies sampling.seed per rollout.
-        base = None
+        # One seed per prompt from (sampling.seed, the prompt's global key): vLLM seeds the j-th of n samples with
+        # seed + j, and a prompt's samples do not depend on the batch, the chunking or the rank that draws them.
+        seeds: list[int | None] = [None] * len(prompts)
         if sampling.seed is not None and self.seed_requests:
-            base = (sampling.seed * _SEED_STRIDE) % (1 << 62)
-        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, logprobs=0,
-                                 seed=None if base is None else base + i * n)
-                  for i in range(len(prompts))]
+            keys = list(sampling.prompt_keys) if sampling.prompt_keys is not None else list(range(len(prompts)))
+            seeds = [int(s) % (1 << 62) for s in row_seeds(sampling.seed, keys, 1).tolist()]
+        # Every processor that could shape sampling is set explicitly to "off": only RapidConfig's temperature,
+        # top_k and top_p shape the behaviour distribution the trainer's log π reproduces.
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                 min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                                 min_tokens=0, max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
+                  for seed in seeds]
         start = time.perf_counter()
         try:
             outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
@@ -372,8 +380,9 @@ def _module_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         layer = module.base_layer
         weight = layer.weight
         if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
+            adapters = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))   # embeddings: lora_embedding_*
             for name in module.active_adapters:
-                if name in module.lora_A:
+                if name in adapters:
                     weight = weight + module.get_delta_weight(name).to(weight.dtype)
         bias = getattr(layer, "bias", None)
         return [("weight", weight)] + ([("bias", bias)] if bias is not None else [])

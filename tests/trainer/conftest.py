@@ -19,6 +19,11 @@ def sevens_reward(prompts, completions, **_):
     return [c.count("7") / 4 for c in completions]
 
 
+def digits_reward(prompts, completions, **_):
+    """A dense reward (most groups have non-zero variance from the first rollout): the fraction of digits."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
 PROMPTS = [{"prompt": f"{i}="} for i in range(32)]
 
 
@@ -26,3 +31,33 @@ def small_config(**overrides) -> rapid.RapidConfig:
     base = dict(group_size=4, prompts_per_rollout=8, prompts_per_step=4, num_rollouts=2, max_new_tokens=4,
                 lr=3e-3, progress_bar=False, seed=0)
     return rapid.RapidConfig(**{**base, **overrides})
+
+
+def capture_step_grads(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Patch Policy.step to record every optimizer step's accumulated gradients (before clipping / AdamW).
+
+    Comparing gradients, not weights after AdamW, is what "the same update" means at fp32 noise: Adam's first
+    step is ≈ lr · sign(g), which turns a 1e-9 gradient difference on a near-zero entry into a difference of lr.
+    """
+    from rapid.policy import Policy
+
+    steps: list[dict[str, torch.Tensor]] = []
+    original = Policy.step
+
+    def step(self):
+        steps.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None})
+        return original(self)
+
+    monkeypatch.setattr(Policy, "step", step)
+    return steps
+
+
+def assert_same_grads(a: list[dict], b: list[dict], rtol: float = 1e-4) -> None:
+    """Every step's gradients equal to ``rtol`` of that tensor's largest entry (fp32 noise, not a wrong sum)."""
+    assert len(a) == len(b) and a
+    for ga, gb in zip(a, b):
+        assert ga.keys() == gb.keys()
+        for name in ga:
+            scale = ga[name].abs().max().item() + 1e-12
+            err = (ga[name] - gb[name]).abs().max().item()
+            assert err <= rtol * scale, (name, err, scale)

@@ -41,10 +41,14 @@ def test_top_p_logprobs_are_of_the_truncated_distribution(tiny):
     torch.testing.assert_close(torch.cat(rollout.logprobs), expected, atol=1e-4, rtol=0)
 
 
-def test_eos_included_and_nothing_after(tiny):
-    model, tok = tiny
-    with torch.no_grad():   # make EOS very likely so some completions stop early
-        model.lm_head.weight[tok.eos_token_id] += 0.5 * model.model.norm.weight.sign() * 3
+def test_eos_included_and_nothing_after():
+    from rapid.tiny import build_tiny
+
+    model, tok = build_tiny(tie_word_embeddings=False)
+    with torch.no_grad():   # point the EOS row at the prompt's last hidden state: EOS likely, not certain
+        hidden = model.model(torch.tensor([tok("5+5=")["input_ids"]])).last_hidden_state[0, -1]     # (D,)
+        model.lm_head.weight[tok.eos_token_id] = 4.0 * hidden / hidden.norm() ** 2 + \
+            model.lm_head.weight[tok.eos_token_id]
     rollout = HFEngine(model, tok).generate(["5+5="] * 4, 4, SamplingConfig(max_new_tokens=8, seed=0))
     assert any(rollout.finished) and not all(len(c) == 8 for c in rollout.completion_ids)
     for ids, lp, fin in zip(rollout.completion_ids, rollout.logprobs, rollout.finished):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import rapid
-from rapid import trainer
+from rapid import policy
 
-from .conftest import PROMPTS, sevens_reward, small_config
+from .conftest import PROMPTS, assert_same_grads, capture_step_grads, digits_reward, sevens_reward, small_config
 
 
 def _params(model):
@@ -35,13 +35,16 @@ def test_mean_reward_rises(tiny, algo):
 
 
 def _one_rollout(tiny, monkeypatch, logits_path=False, **overrides):
+    """Train one rollout; return its per-step gradients and the final weights."""
     model, tok = tiny
     if logits_path:
-        original = trainer.model_parts
-        monkeypatch.setattr(trainer, "model_parts", lambda m: dataclasses.replace(original(m), logits_path=True))
+        original = policy.model_parts
+        monkeypatch.setattr(policy, "model_parts", lambda m: dataclasses.replace(original(m), logits_path=True))
+    grads = capture_step_grads(monkeypatch)
     cfg = small_config(num_rollouts=1, **overrides)
-    rapid.train(model, PROMPTS, sevens_reward, cfg, tokenizer=tok)
-    return _params(model)
+    result = rapid.train(model, PROMPTS, digits_reward, cfg, tokenizer=tok)
+    monkeypatch.undo()
+    return grads, _params(model), result.history
 
 
 @pytest.mark.parametrize("algo", ["rapid", "grpo"])
@@ -49,23 +52,29 @@ def test_fused_reference_and_logits_paths_give_the_same_update(tiny, monkeypatch
     from rapid.tiny import build_tiny
 
     before = _params(tiny[0])
-    fused = _one_rollout(tiny, monkeypatch, algo=algo, kernel_backend="auto")
-    reference = _one_rollout(build_tiny(seed=0), monkeypatch, algo=algo, kernel_backend="torch")
-    logits = _one_rollout(build_tiny(seed=0), monkeypatch, logits_path=True, algo=algo, kernel_backend="torch")
-    moved = max((fused[k] - before[k]).abs().max().item() for k in before)
-    assert moved > 1e-4
-    for k in fused:
-        torch.testing.assert_close(fused[k], reference[k], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(fused[k], logits[k], atol=2e-5, rtol=1e-4)
+    fused, after, _ = _one_rollout(tiny, monkeypatch, algo=algo, kernel_backend="auto")
+    reference, _, _ = _one_rollout(build_tiny(seed=0), monkeypatch, algo=algo, kernel_backend="torch")
+    logits, _, _ = _one_rollout(build_tiny(seed=0), monkeypatch, logits_path=True, algo=algo, kernel_backend="torch")
+    assert max((after[k] - before[k]).abs().max().item() for k in before) > 1e-4
+    assert_same_grads(fused, reference)
+    assert_same_grads(fused, logits)
 
 
-def test_micro_batches_accumulate_to_the_full_step(tiny, monkeypatch):
+@pytest.mark.parametrize("algo", ["rapid", "grpg", "grpo"])
+def test_micro_batches_accumulate_to_the_full_step(tiny, monkeypatch, algo):
+    """Whole-group micro-batches (one phase) and budgets smaller than one group (two phases) give the whole-step
+    gradient."""
     from rapid.tiny import build_tiny
 
-    whole = _one_rollout(tiny, monkeypatch, micro_batch_size=None)
-    split = _one_rollout(build_tiny(seed=0), monkeypatch, micro_batch_size=4)
-    for k in whole:
-        torch.testing.assert_close(whole[k], split[k], atol=2e-6, rtol=1e-4)
+    pps = 8 if algo == "grpg" else 4
+    whole, _, _ = _one_rollout(tiny, monkeypatch, algo=algo, prompts_per_step=pps)
+    groups, _, hist_g = _one_rollout(build_tiny(seed=0), monkeypatch, algo=algo, prompts_per_step=pps,
+                                     micro_batch_size=4)
+    split, _, hist_s = _one_rollout(build_tiny(seed=0), monkeypatch, algo=algo, prompts_per_step=pps,
+                                    micro_batch_tokens=9)
+    assert hist_g[0]["rapid/split_groups"] == 0.0 and hist_s[0]["rapid/split_groups"] == 1.0
+    assert_same_grads(whole, groups)
+    assert_same_grads(whole, split)
 
 
 def test_recompute_behavior_and_adaptive_h(tiny):

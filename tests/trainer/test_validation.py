@@ -69,6 +69,16 @@ def test_prompt_longer_than_context(tiny):
     _expect("max_prompt_tokens", tiny, dataset=[{"prompt": "1234"}], config=small_config(max_prompt_tokens=3))
 
 
+def test_token_budget_must_hold_the_longest_sequence(tiny):
+    _expect(r"micro_batch_tokens \(8\) is smaller than the longest prompt \(5 tokens\)", tiny,
+            dataset=[{"prompt": "1"}, {"prompt": "12345"}], config=small_config(micro_batch_tokens=8))
+
+
+def test_prompt_may_be_chat_messages_but_not_anything(tiny):
+    _expect(r"dataset\[0\]\['prompt'\] must be a non-empty string or a list of", tiny,
+            dataset=[{"prompt": [{"role": "user"}]}])
+
+
 def test_bad_eval_dataset(tiny):
     _expect("eval_dataset is empty", tiny, eval_dataset=[])
 
@@ -76,7 +86,7 @@ def test_bad_eval_dataset(tiny):
 @pytest.mark.parametrize("kwargs, field", [
     (dict(prompts_per_rollout=10, prompts_per_step=4), "prompts_per_rollout"),
     (dict(group_size=1), "group_size"),
-    (dict(micro_batch_size=3), "micro_batch_size"),
+    (dict(micro_batch_tokens=4), "micro_batch_tokens"),
     (dict(algo="ppo"), "algo"),
     (dict(eta=0.0), "eta"),
     (dict(algo="grpg", prompts_per_rollout=8, prompts_per_step=4), "prompts_per_step"),

@@ -1,0 +1,139 @@
+"""``update``: the H optimizer steps of one rollout, each over token-budget micro-batches (DESIGN.md section 3).
+
+One optimizer step = one mini-batch of whole groups. Two ways to accumulate its gradient exactly:
+
+- **one phase** (every group fits a micro-batch): each micro-batch's loss is normalised within it (sequences, or
+  tokens for grpo) and weighted by count / total, so the accumulated gradient is the mini-batch's;
+- **two phases** (a group is larger than the budget, so a micro-batch splits it): RAPID's weights and baseline
+  couple the sequences of a group, so a no-grad pass first computes every token's log-prob, then the coefficient
+  g_t = ∂L/∂log π(y_t) of the whole mini-batch's loss (``algorithms.token_coefficients``), and the backward runs
+  over micro-batches of any size with those coefficients fixed. Costs one extra forward; equals the whole step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from . import algorithms
+from .algorithms import PackedBatch
+from .buffer import MicroBatch, RolloutBuffer
+from .policy import Policy
+
+
+def update(policy: Policy, buffer: RolloutBuffer, h: int, seed: int, start: int = 0,
+           on_step: Callable[[int, dict[str, float]], bool] | None = None) -> tuple[list[dict], int]:
+    """Optimizer steps ``start`` … H−1 on disjoint whole-group mini-batches of one rollout (the split into H
+    mini-batches depends only on ``seed``, so an interrupted rollout resumes with the same ones).
+
+    ``on_step(j, stats)`` runs after step j; returning False stops the update early (an interrupt). Returns the
+    per-step diagnostics and the number of tokens trained on.
+    """
+    cfg = policy.cfg
+    step_stats: list[dict[str, float]] = []
+    tokens = 0
+    for j, groups in enumerate(buffer.minibatches(h, seed)):
+        if j < start:
+            continue
+        micro, split = buffer.micro_batches(buffer.sequences(groups), cfg.micro_batch_tokens, cfg.micro_batch_size,
+                                            policy.device)
+        stats = two_phase_step(policy, micro) if split else one_phase_step(policy, micro)
+        stats["rapid/staleness"] = float(j)              # optimizer steps since the rollout's weights
+        stats["rapid/split_groups"] = float(split)
+        step_stats.append(stats)
+        tokens += sum(mb.num_tokens for mb in micro)
+        if on_step is not None and on_step(j, stats) is False:
+            break
+    return step_stats, tokens
+
+
+def one_phase_step(policy: Policy, micro: list[MicroBatch]) -> dict[str, float]:
+    """Whole groups per micro-batch: loss per micro-batch, weighted by its share of the mini-batch."""
+    cfg = policy.cfg
+    counts = [mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro]
+    total = max(sum(counts), 1)
+    sums: dict[str, torch.Tensor] = {}          # count-weighted diagnostics, kept on the device until the end
+    maxima: dict[str, torch.Tensor] = {}
+    diff_sum: torch.Tensor | float = 0.0
+    for i, (mb, count) in enumerate(zip(micro, counts)):
+        weight = count / total
+        with policy.accumulating(last=i == len(micro) - 1):
+            res = policy(mb, "loss")
+            policy.backward(res.loss * weight)
+        _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, weight)
+        diff_sum = diff_sum + (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum()
+    return _finish(policy, sums, maxima, diff_sum, sum(mb.batch.num_tokens for mb in micro))
+
+
+def two_phase_step(policy: Policy, micro: list[MicroBatch]) -> dict[str, float]:
+    """A micro-batch splits a group: fix the per-token coefficients first, then backpropagate them."""
+    with torch.no_grad():
+        logprobs = [policy(mb, "logprobs") for mb in micro]                                    # each (N_i,)
+    full = _concat([mb.batch for mb in micro])
+    lp = torch.cat(logprobs)                                                                   # (N,)
+    grad, res = algorithms.token_coefficients(policy.cfg, full, lp)                            # (N,)
+    offset = 0
+    for i, mb in enumerate(micro):
+        n = mb.batch.num_tokens
+        with policy.accumulating(last=i == len(micro) - 1):
+            policy.backward(policy(mb, "coef", grad[offset:offset + n]).loss)
+        offset += n
+    sums: dict[str, torch.Tensor] = {}
+    maxima: dict[str, torch.Tensor] = {}
+    _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, 1.0)
+    diff = (lp - full.behavior_logprobs).abs().sum()
+    return _finish(policy, sums, maxima, diff, full.num_tokens)
+
+
+def _accumulate(sums: dict, maxima: dict, stats: dict[str, torch.Tensor], weight: float) -> None:
+    """Weighted means, except ``*_max`` statistics, which are maxima (a mean of maxima is not a maximum)."""
+    for key, value in stats.items():
+        value = value.detach().float()
+        if key.endswith("_max"):
+            maxima[key] = value if key not in maxima else torch.maximum(maxima[key], value)
+        else:
+            sums[key] = sums.get(key, 0.0) + value * weight
+
+
+def _finish(policy: Policy, sums: dict, maxima: dict, diff_sum, num_tokens: int) -> dict[str, float]:
+    sums.update(maxima)
+    sums["actor/grad_norm"] = policy.step()
+    sums["engine_logprob_diff"] = diff_sum / max(num_tokens, 1)
+    stats = algorithms.diagnostics(sums)        # one device-to-host transfer per step, not one per statistic
+    stats["actor/lr"] = policy.lr
+    return stats
+
+
+def _concat(batches: list[PackedBatch]) -> PackedBatch:
+    """One PackedBatch of consecutive micro-batches (offsets shifted), for the whole-mini-batch coefficients."""
+    cu = [batches[0].cu_seqlens[:1]]
+    offset = 0
+    for b in batches:
+        cu.append(b.cu_seqlens[1:] + offset)
+        offset += b.num_tokens
+    return PackedBatch(targets=torch.cat([b.targets for b in batches]),
+                       behavior_logprobs=torch.cat([b.behavior_logprobs for b in batches]),
+                       rewards=torch.cat([b.rewards for b in batches]), cu_seqlens=torch.cat(cu))
+
+
+@torch.no_grad()
+def recompute_behavior(policy: Policy, buffer: RolloutBuffer) -> float:
+    """log μ by the trainer's own forward (exact: w = 1 on the first step), under the same token budget as the
+    update; returns the engine's mean |log μ_engine − log π| per token."""
+    cfg = policy.cfg
+    seqs = list(range(len(buffer.rewards)))
+    recomputed: list[torch.Tensor | None] = [None] * len(seqs)
+    diff_sum, n = 0.0, 0
+    micro, _ = buffer.micro_batches(seqs, cfg.micro_batch_tokens, cfg.micro_batch_size or cfg.max_num_seqs,
+                                    policy.device)
+    for mb in micro:
+        lp = policy(mb, "logprobs")                                                            # (N_i,)
+        diff_sum += (lp - mb.batch.behavior_logprobs).abs().sum().item()
+        n += lp.numel()
+        cu = mb.batch.cu_seqlens.tolist()
+        for i, s in enumerate(mb.seq_index):
+            recomputed[s] = lp[cu[i]:cu[i + 1]]
+    buffer.set_behavior(recomputed)            # type: ignore[arg-type]
+    return diff_sum / max(n, 1) if n else math.nan
