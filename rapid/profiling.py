@@ -12,6 +12,14 @@ and, when ``output_dir`` was given, writes ``profile.json``, ``profile_timeline.
     metrics = prof.end_rollout()             # timing_s/*, perf/throughput, perf/mfu/actor, ...
     prof.close()                             # profile.json + PNG + table
 
+Overlapped generation (``overlap=True``): generation runs in another process, so it is a second *lane*. The trainer
+reports each generation with ``add_interval("gen", "gen", start, end)`` (``time.monotonic()`` seconds, a clock
+shared by all processes on the machine; ``end=None`` marks one still running, counted busy until the closed
+interval arrives) and wraps its own waiting for the engine in the idle phase ``gen_wait``. ``end_rollout`` then adds
+``perf/overlap_frac``: the fraction of the rollout's wall-clock in which the trainer (any phase but ``gen_wait``)
+and another lane were both busy; profile.json has the run-wide ``overlap`` and the PNG a row per lane.
+``merge_rank_metrics`` combines the per-rank ``end_rollout`` dicts of a distributed run (slowest rank's times).
+
 Measurement rules:
 - On CUDA the device is synchronised at phase boundaries, so queued kernels land in the phase that launched them.
 - A daemon thread samples every ``sample_interval_s`` seconds: GPU utilisation and used memory through NVML
@@ -39,9 +47,13 @@ from typing import Iterator
 
 import torch
 
+from .profile_report import TRAIN_LANE, lane_overlap, lanes_section
+from .profile_report import merge_rank_metrics  # noqa: F401 (re-exported: the trainer's import point)
+
 logger = logging.getLogger(__name__)
 
-PHASES = ("gen", "reward", "old_log_prob", "update_actor", "update_weights", "sleep", "wake", "eval", "save")
+PHASES = ("gen", "reward", "old_log_prob", "update_actor", "update_weights", "sleep", "wake", "eval", "save",
+          "gen_wait")
 
 # FLOPs per token per parameter: 6 for forward + backward, 2 for forward only.
 FLOPS_PER_TOKEN_PARAM = {"update_actor": 6.0, "old_log_prob": 2.0, "gen": 2.0, "eval": 2.0}
@@ -199,6 +211,10 @@ class Profiler:
         self.t0 = time.perf_counter()
         self.current_phase: str | None = None
         self.events: list[tuple[str, float, float]] = []   # (phase, start, end) in perf_counter seconds
+        self.lanes: dict[str, list[tuple[str, float, float]]] = {}   # other processes' intervals, same clock
+        self._open: dict[str, tuple[str, float]] = {}                 # lane -> (phase, start) still running
+        self._lane_of: dict[str, str] = {}                            # phase -> lane, for phases of other lanes
+        self._mono_minus_perf = time.monotonic() - time.perf_counter()
         self.rollouts: list[dict[str, float]] = []
         self._times: dict[str, float] = defaultdict(float)
         self._tokens: dict[str, int] = defaultdict(int)
@@ -243,6 +259,31 @@ class Profiler:
         self._tokens[phase] += int(n)
         self._total_tokens[phase] += int(n)
 
+    def add_interval(self, lane: str, phase: str, start: float, end: float | None = None) -> None:
+        """Record that ``lane`` (another process, e.g. the generation engine) ran ``phase`` over [start, end].
+
+        Times are ``time.monotonic()`` seconds (the clock ``ProcessEngine`` stamps ``gen_start`` / ``gen_end``
+        with). ``end=None``: still running; the lane counts as busy from ``start`` until a closed interval arrives
+        on that lane. A closed interval also counts in ``timing_s/<phase>`` and the phase table, like a phase.
+        """
+        if not self.enabled:
+            return
+        if lane == TRAIN_LANE:
+            raise ValueError(f"lane {TRAIN_LANE!r} is the trainer's own; use profiler.phase() for it")
+        start -= self._mono_minus_perf
+        if end is None:
+            self._open[lane] = (phase, start)
+            return
+        end -= self._mono_minus_perf
+        if end < start:
+            raise ValueError(f"interval ends before it starts: start={start}, end={end}")
+        self._open.pop(lane, None)
+        self.lanes.setdefault(lane, []).append((phase, start, end))
+        self._lane_of[phase] = lane
+        self._times[phase] += end - start
+        self._total_times[phase] += end - start
+        self._counts[phase] += 1
+
     def set_num_params(self, n: int) -> None:
         self.num_params = int(n)
 
@@ -255,9 +296,16 @@ class Profiler:
 
     def end_rollout(self) -> dict[str, float]:
         """This rollout's metrics: timing_s/<phase>, timing_s/step, perf/tokens_per_s/<phase>, perf/throughput,
-        perf/mfu/actor and perf/mfu/gen (when the peak is known), perf/max_memory_allocated_gb, perf/util_mean."""
-        step = time.perf_counter() - self._rollout_start
+        perf/mfu/actor and perf/mfu/gen (when the peak is known), perf/max_memory_allocated_gb, perf/util_mean,
+        and perf/overlap_frac once another lane reported an interval."""
+        now = time.perf_counter()
+        step = now - self._rollout_start
         metrics = {f"timing_s/{k}": v for k, v in self._times.items()}
+        if self.lanes or self._open:
+            others = [e for events in self.lanes.values() for e in events if e[2] > self._rollout_start]
+            others += [(phase, start, now) for phase, start in self._open.values()]
+            mine = [e for e in self.events if e[2] > self._rollout_start]
+            metrics["perf/overlap_frac"] = lane_overlap(mine, others, self._rollout_start, now)["frac"]
         metrics["timing_s/step"] = step
         for phase, n in self._tokens.items():
             if self._times.get(phase):
@@ -324,7 +372,8 @@ class Profiler:
 
     def to_dict(self) -> dict:
         """The profile.json document (schema ``rapid.profile/1``, see profile_report)."""
-        wall = time.perf_counter() - self.t0
+        now = time.perf_counter()
+        wall = now - self.t0
         s = self._sampler
         samples = {"t": [], "phase": [], "util": [], "mem_gb": []}
         if s is not None:
@@ -345,7 +394,10 @@ class Profiler:
                 "util_mean": sum(samples["util"][i] for i in in_phase) / len(in_phase) if in_phase else None,
                 "mem_peak_gb": max(samples["mem_gb"][i] for i in in_phase) if in_phase else None,
                 "samples": len(in_phase),
+                "lane": self._lane_of.get(name, TRAIN_LANE),
             }
+        extra = {} if not (self.lanes or self._open) else lanes_section(
+            self.events, self.lanes, self._open, self.t0, now)
         return {
             "schema": "rapid.profile/1",
             "device": {"type": self.device.type, "name": self.device_name, "peak_flops": self.peak_flops,
@@ -365,6 +417,7 @@ class Profiler:
                 "overhead_frac": (s.busy_s / wall) if s is not None and wall > 0 else 0.0,
                 "util_unit": "percent of GPU" if s is not None and s.source == "nvml" else "percent of all CPUs",
             },
+            **extra,
         }
 
 

@@ -179,3 +179,101 @@ def test_metrics_logger_optional_backends_fail_clearly(tmp_path):
     except ImportError:
         with pytest.raises(ImportError, match="wandb"):
             MetricsLogger(str(tmp_path), wandb=True)
+
+
+# --- two lanes: generation in another process (overlap=True) ----------------------------------------------------
+def png_height(path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")     # IHDR: width at 16..20, height at 20..24
+
+
+def test_lane_overlap_maths():
+    train = [("update_actor", 0.0, 4.0), ("old_log_prob", 1.0, 2.0), ("gen_wait", 4.0, 6.0), ("reward", 6.0, 7.0)]
+    gen = [("gen", 3.0, 5.0), ("gen", 5.0, 6.5), ("gen", 9.0, 12.0)]
+    assert profile_report.busy_union([(0, 1), (0.5, 2), (3, 4), (4, 5)]) == [(0, 2), (3, 5)]
+    assert profile_report.busy_union([(0, 10)], lo=2, hi=3) == [(2, 3)]
+    out = profile_report.lane_overlap(train, gen, 0.0, 10.0)
+    # train busy [0,4] + [6,7] (gen_wait is idle); gen busy [3,6.5] + [9,10]; both: [3,4] + [6,6.5]
+    assert out["both_busy_s"] == pytest.approx(1.5) and out["frac"] == pytest.approx(0.15)
+    assert out["busy_s"] == {"train": pytest.approx(5.0), "other": pytest.approx(4.5)}
+    assert profile_report.lane_overlap(train, [], 0.0, 10.0)["frac"] == 0.0
+
+
+def test_generation_lane_from_another_process_clock(tmp_path):
+    """Intervals stamped with time.monotonic() land at the trainer's times; overlap per rollout and per run."""
+    run = tmp_path / "run"
+    prof = Profiler("cpu", output_dir=str(run), num_params=1_000, sample_interval_s=0.01)
+    prof.start_rollout()
+    with prof.phase("gen_wait"):                 # waiting for rollout 0: the engine is busy, the trainer is not
+        g0 = time.monotonic()
+        time.sleep(0.1)
+    prof.add_interval("gen", "gen", g0, time.monotonic())
+    prof.add_tokens("gen", 300)
+    prof.add_interval("gen", "gen", time.monotonic())        # rollout 1 submitted: running, end unknown
+    with prof.phase("update_actor"):
+        busy(0.15)
+    m0 = prof.end_rollout()
+    assert m0["timing_s/gen"] == pytest.approx(0.1, abs=0.03) and m0["perf/tokens_per_s/gen"] > 0
+    assert m0["perf/overlap_frac"] == pytest.approx(0.15 / 0.25, abs=0.1)   # busy together only in update_actor
+
+    prof.start_rollout()
+    with prof.phase("update_actor"):
+        busy(0.1)
+    g1_end = time.monotonic()
+    prof.add_interval("gen", "gen", g1_end - 0.2, g1_end)   # the closed interval replaces the running one
+    with prof.phase("reward"):
+        time.sleep(0.05)
+    m1 = prof.end_rollout()
+    assert m1["perf/overlap_frac"] == pytest.approx(0.1 / 0.15, abs=0.1)
+    table = prof.close()
+
+    profile = json.loads((run / "profile.json").read_text())
+    (_, start, end), = [e for e in profile["events"] if e[0] == "gen_wait"]
+    first = profile["lanes"]["gen"][0]
+    assert first[0] == "gen" and first[1] == pytest.approx(start, abs=0.005) and first[2] == pytest.approx(end, abs=0.005)
+    assert len(profile["lanes"]["gen"]) == 2 and profile["phases"]["gen"]["lane"] == "gen"
+    assert profile["phases"]["update_actor"]["lane"] == "train" and profile["phases"]["gen"]["count"] == 2
+    overlap = profile["overlap"]
+    assert 0 < overlap["frac"] < 1 and overlap["both_busy_s"] <= min(overlap["busy_s"].values())
+    assert "gen [gen]" in table and "overlap: both lanes busy" in table
+    single = tmp_path / "single"
+    small_run(str(single)).close()
+    assert png_height(run / "profile_timeline.png") > png_height(single / "profile_timeline.png")   # lane panel
+    assert main([str(run)]) == 0                                                  # regenerates the two-lane PNG
+
+
+def test_single_lane_profiles_have_no_overlap_entries():
+    prof = small_run(None)
+    assert "perf/overlap_frac" not in prof.rollouts[-1]
+    profile = prof.to_dict()
+    prof.close()
+    assert "lanes" not in profile and "overlap" not in profile
+    assert "overlap" not in profile_report.summary_table(profile)
+
+
+def test_add_interval_rejects_bad_input():
+    prof = Profiler("cpu", sample_interval_s=0)
+    with pytest.raises(ValueError, match="lane"):
+        prof.add_interval("train", "gen", 0.0, 1.0)
+    with pytest.raises(ValueError, match="ends before"):
+        prof.add_interval("gen", "gen", 2.0, 1.0)
+    prof.close()
+
+
+def test_merge_rank_metrics_takes_the_slowest_rank():
+    from rapid.profiling import merge_rank_metrics
+
+    rank0 = {"timing_s/step": 2.0, "timing_s/gen": 1.0, "perf/throughput": 100.0, "perf/tokens_per_s/gen": 150.0,
+             "perf/mfu/actor": 0.2, "timing_s/update_actor": 1.0, "perf/max_memory_allocated_gb": 3.0,
+             "perf/util_mean": 40.0}
+    rank1 = {"timing_s/step": 4.0, "timing_s/gen": 2.0, "perf/throughput": 50.0, "perf/tokens_per_s/gen": 100.0,
+             "perf/mfu/actor": 0.1, "timing_s/update_actor": 2.0, "perf/max_memory_allocated_gb": 5.0,
+             "perf/util_mean": 60.0}
+    m = merge_rank_metrics([rank0, rank1])
+    assert m["timing_s/step"] == 4.0 and m["timing_s/gen"] == 2.0 and m["perf/max_memory_allocated_gb"] == 5.0
+    assert m["perf/throughput"] == pytest.approx((200 + 200) / 4.0)          # all tokens over the slowest step
+    assert m["perf/tokens_per_s/gen"] == pytest.approx((150 + 200) / 2.0)
+    assert m["perf/mfu/actor"] == pytest.approx((0.2 * 1 + 0.1 * 2) / 2.0 / 2)  # Σ FLOPs / (slowest · ranks · peak)
+    assert m["perf/util_mean"] == 50.0
+    assert merge_rank_metrics([rank0]) == pytest.approx(rank0)
+    with pytest.raises(ValueError, match="per_rank"):
+        merge_rank_metrics([])

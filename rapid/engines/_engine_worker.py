@@ -176,9 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenPipeError, ConnectionResetError):   # parent gone while we replied
         pass
     finally:
+        start = time.perf_counter()
         worker.close()
+        logger.info("engine closed in %.2f s", time.perf_counter() - start)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip interpreter teardown: third-party atexit hooks and non-daemon threads (vLLM's) can take seconds there,
+    # and the engine was already closed above.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

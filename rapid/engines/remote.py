@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.2            # how often a waiting parent checks that the child is alive
 _ALIGN_BYTES = 64        # each weight starts on a cache line in the shared buffer
 _LOG_TAIL_LINES = 40
-_CLOSE_GRACE_S = 5.0
+_CLOSE_GRACE_S = 15.0       # vLLM's own shutdown takes ~3 s on the 2-core box
 
 
 class ProcessEngine:

@@ -1,48 +1,37 @@
-"""Code reward: the fraction of a task's ``assert`` tests a generated program passes, judged outside the program.
+"""Code reward: the fraction of a task's tests a generated program passes, judged outside the program.
 
-Each test must be one ``assert <expr>[, msg]`` statement (the MBPP / MBPP+ ``test_list`` format). The test is split
-into *holes* — the maximal sub-expressions that need the program (calls of its functions, its names, comprehensions
-over them) — and a *judge* expression over the holes' values (comparisons, ``set``/``sorted``/``len``/``math.isclose``
-and other pure builtins). The sandboxed child runs the program and evaluates only the holes; their values come back
-as plain data (ints, floats, strings, lists, tuples, dicts, sets, ...; anything else is an opaque value equal to
-nothing) and the trusted parent evaluates the judge. So:
+``code_tests_reward`` takes, per completion, one of three test formats (details and guarantees in
+``rapid.rewards.code_judges``):
 
-* ``sys.exit(0)``, ``os._exit(0)``, a crash or a timeout before a test's values arrive fail that test;
-* printing "all tests passed" does nothing (stdout is not a channel);
-* overriding ``AssertionError``, ``assert`` behaviour, builtins or ``__eq__`` does nothing: no assertion and no
-  comparison runs in the child, and custom objects do not survive the trip;
-* forging the result channel only lets the program claim what its functions returned — which it could do by
-  writing the functions that way; expected values stay in the parent.
+* a list of ``assert`` statements (MBPP) — reward: the fraction that hold;
+* a test program as one string (HumanEval's ``def check(candidate)``, MBPP+'s loops), with ``entry_point`` naming
+  the function under test — reward: 1.0 if the whole test passes, else 0.0;
+* a list of ``{"input": str, "output": str}`` stdin/stdout cases — reward: the fraction of cases passed.
 
-Tests with several statements (HumanEval ``check`` functions) are not supported: ``split_test`` raises ValueError.
+A completion is either a full program (in a fenced block, or unfenced code) or the continuation of the prompt's
+code (HumanEval: the prompt ends inside the function, after its docstring). Pass the code the prompt shows as
+``prompt_code``: a continuation is appended to it; a fenced block, or code that defines ``entry_point`` itself, is
+run after it (so the prompt's imports and helpers are there, and the full definition replaces the stub).
 """
 
 from __future__ import annotations
 
-import ast
-import builtins
-import functools
 import logging
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import CodeType
+from typing import Sequence
 
-from .sandbox import SandboxLimits, run_sandboxed
+from .code_judges import (compile_test_program, judge_test, run_asserts, run_stdio_cases, run_test_program,
+                          split_test)
+from .sandbox import SandboxLimits
 
 logger = logging.getLogger(__name__)
 
-_JUDGE_BUILTINS = {
-    name: getattr(builtins, name) for name in (
-        "abs", "all", "any", "bool", "bytes", "complex", "dict", "divmod", "enumerate", "filter", "float", "frozenset",
-        "int", "isinstance", "len", "list", "map", "max", "min", "pow", "range", "repr", "reversed", "round", "set",
-        "slice", "sorted", "str", "sum", "tuple", "type", "zip")
-}
-_JUDGE_NAMES = frozenset(_JUDGE_BUILTINS) | {"math", "True", "False", "None"}
-_DESCEND = (ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.IfExp, ast.Tuple, ast.List, ast.Set, ast.Dict,
-            ast.Subscript, ast.Slice, ast.Starred, ast.keyword)
+__all__ = ["CodeReward", "assemble_program", "code_reward", "code_tests_reward", "extract_program", "judge_test",
+           "run_tests", "split_test", "classify_tests"]
+
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -59,113 +48,124 @@ def extract_program(completion: str) -> str:
     return python[-1]
 
 
-def _user_names(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Name) and n.id not in _JUDGE_NAMES for n in ast.walk(node))
+def assemble_program(completion: str, prompt_code: str | None = None, entry_point: str | None = None) -> str:
+    """The source to run for a completion (see the module doc for continuation vs. full program)."""
+    code = extract_program(completion)
+    if not prompt_code:
+        return code
+    fenced = _FENCE.search(completion) is not None
+    defines = entry_point is not None and re.search(
+        rf"^(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
+    if fenced or defines:
+        return f"{prompt_code.rstrip()}\n\n\n{code}"
+    return prompt_code + completion
 
 
-def _judge_callable(func: ast.AST) -> bool:
-    while isinstance(func, ast.Attribute):
-        func = func.value
-    return isinstance(func, ast.Name) and func.id in _JUDGE_NAMES
-
-
-class _HoleCutter(ast.NodeTransformer):
-    """Replace each maximal program-dependent sub-expression by a placeholder name ``_hole<i>``."""
-
-    def __init__(self) -> None:
-        self.holes: list[str] = []
-
-    def visit(self, node: ast.AST) -> ast.AST:
-        if not _user_names(node):
-            return node
-        descend = isinstance(node, _DESCEND) or (
-            isinstance(node, ast.Call) and _judge_callable(node.func)
-            and not any(isinstance(a, ast.Name) for a in node.args))  # map(f, xs): f itself would not travel
-        if descend:
-            return self.generic_visit(node)
-        self.holes.append(ast.unparse(node))
-        return ast.copy_location(ast.Name(id=f"_hole{len(self.holes) - 1}", ctx=ast.Load()), node)
-
-
-@dataclass(frozen=True)
-class SplitTest:
-    """A test cut into what the child evaluates (``holes``) and what the parent judges (``judge``)."""
-
-    source: str
-    holes: tuple[str, ...]
-    judge: CodeType
-
-
-@functools.lru_cache(maxsize=65536)
-def split_test(test: str) -> SplitTest:
-    """Parse one ``assert`` statement into holes and a judge expression; ValueError if it is not one."""
-    try:
-        tree = ast.parse(test.strip())
-    except SyntaxError as exc:
-        raise ValueError(f"test is not valid Python: {test!r:.200}") from exc
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
-        raise ValueError(f"each test must be a single `assert <expr>` statement, got {test!r:.200}")
-    cutter = _HoleCutter()
-    expr = cutter.visit(tree.body[0].test)
-    judge = compile(ast.fix_missing_locations(ast.Expression(body=expr)), "<judge>", "eval")
-    return SplitTest(source=test, holes=tuple(cutter.holes), judge=judge)
-
-
-def judge_test(split: SplitTest, values: list | str | None) -> bool:
-    """True iff the child reported the test's values and the assertion holds on them (evaluated here)."""
-    if not isinstance(values, list) or len(values) != len(split.holes):
-        return False
-    namespace = {"__builtins__": _JUDGE_BUILTINS, "math": math}
-    namespace.update({f"_hole{i}": v for i, v in enumerate(values)})
-    try:
-        return bool(eval(split.judge, namespace))  # noqa: S307 - dataset test code on plain data, never user code
-    except Exception:  # noqa: BLE001 - any error in the assertion is a failed test
-        return False
+def classify_tests(tests: object) -> str:
+    """"asserts", "program" or "stdio" for one completion's tests; ValueError for anything else."""
+    if isinstance(tests, str):
+        return "program"
+    if isinstance(tests, (list, tuple)) and tests:
+        if all(isinstance(t, str) for t in tests):
+            return "asserts"
+        if all(isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+               for t in tests):
+            return "stdio"
+    raise ValueError("tests must be a non-empty list of assert strings, a test program string, or a non-empty list "
+                     f"of {{'input': str, 'output': str}} cases; got {str(tests)[:120]!r}")
 
 
 def run_tests(program: str, tests: list[str], limits: SandboxLimits | None = None, setup_code: str = "") -> list[bool]:
-    """Per-test pass/fail of ``program`` (already extracted) against ``tests``."""
-    splits = [split_test(t) for t in tests]
-    source = f"{setup_code}\n{program}" if setup_code else program
-    result = run_sandboxed(source, [list(s.holes) for s in splits], limits)
-    if result.status not in ("ok", "timeout"):
-        return [False] * len(splits)
-    return [judge_test(s, result.tests.get(i)) for i, s in enumerate(splits)]
+    """Per-test pass/fail of ``program`` (already extracted) against assert ``tests``."""
+    return run_asserts(f"{setup_code}\n{program}" if setup_code else program, tests, limits)
 
 
-def code_tests_reward(completions: list[str], tests: list[list[str]], timeout_s: float = 5.0, *,
-                      setup_code: list[str] | str | None = None, limits: SandboxLimits | None = None,
-                      num_workers: int | None = None) -> list[float]:
-    """Fraction of each completion's tests passed, each program in its own sandbox (see the module doc).
+def _per_item(value, n: int, name: str) -> list:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries for {n} completions (give one per completion, or one "
+                         f"string for all)")
+    return value
 
-    ``tests[i]`` are the assert statements of completion i; ``setup_code`` (one string, or one per completion: e.g.
-    MBPP's ``test_imports``) runs before the program. ``timeout_s`` is the wall limit per program (all its tests
-    together; tests finished before a timeout still count). ``num_workers`` sandboxes run at once (threads waiting on
-    subprocesses; default: the CPU count).
+
+def code_tests_reward(completions: list[str], tests: Sequence[list[str] | str | list[dict]], timeout_s: float = 5.0,
+                      *, entry_point: Sequence[str | None] | str | None = None,
+                      setup_code: Sequence[str | None] | str | None = None,
+                      prompt_code: Sequence[str | None] | str | None = None, packages: Sequence[str] = (),
+                      limits: SandboxLimits | None = None, num_workers: int | None = None) -> list[float]:
+    """Score each completion against its tests, each program in its own sandbox (see the module doc).
+
+    ``tests[i]``: an assert list, a test program, or stdin/stdout cases. ``entry_point[i]``: the function a test
+    program calls (required for that format). ``setup_code[i]`` (e.g. MBPP's ``test_imports``) runs before the
+    program and before a test program. ``prompt_code[i]``: the code the prompt showed (see ``assemble_program``).
+    Each of these three is one string for all completions, or one per completion. ``timeout_s``: wall limit per
+    program, all its tests together (tests finished before a timeout still count). ``packages``: site-packages the
+    programs may import (e.g. ``("numpy",)``; default none). ``limits`` overrides ``timeout_s`` and ``packages``.
+    ``num_workers`` sandboxes run at once (threads waiting on subprocesses; default: the CPU count).
     """
-    if len(completions) != len(tests):
-        raise ValueError(f"completions ({len(completions)}) and tests ({len(tests)}) differ in length")
-    for case in tests:
-        if not case:
-            raise ValueError("every completion needs at least one test")
-        for t in case:
-            split_test(t)  # fail early, in the caller, on malformed tests
+    n = len(completions)
+    if len(tests) != n:
+        raise ValueError(f"completions ({n}) and tests ({len(tests)}) differ in length")
+    entries, setups, prompts = (_per_item(entry_point, n, "entry_point"), _per_item(setup_code, n, "setup_code"),
+                                _per_item(prompt_code, n, "prompt_code"))
+    kinds = []
+    for i, case in enumerate(tests):  # fail early, in the caller, on malformed tests
+        try:
+            kinds.append(classify_tests(case))
+            if kinds[-1] == "asserts":
+                for t in case:
+                    split_test(t)
+            elif kinds[-1] == "program":
+                compile_test_program(case)
+                if not entries[i]:
+                    raise ValueError(f"entry_point[{i}] must name the function under test for a test program")
+        except ValueError as exc:
+            raise ValueError(f"tests[{i}]: {exc}") from exc
     if limits is None:
-        limits = SandboxLimits(timeout_s=timeout_s)
-    setups = setup_code if isinstance(setup_code, list) else [setup_code or ""] * len(completions)
+        limits = SandboxLimits(timeout_s=timeout_s, packages=tuple(packages))
 
     def score(i: int) -> float:
-        passed = run_tests(extract_program(completions[i]), tests[i], limits, setups[i] or "")
+        program = assemble_program(completions[i], prompts[i], entries[i])
+        if kinds[i] == "program":
+            source = f"{setups[i]}\n{program}" if setups[i] else program
+            return float(run_test_program(source, tests[i], entries[i], limits, prompts[i] or "", setups[i] or ""))
+        if kinds[i] == "stdio":
+            passed = run_stdio_cases(f"{setups[i]}\n{program}" if setups[i] else program, list(tests[i]), limits)
+        else:
+            passed = run_tests(program, list(tests[i]), limits, setups[i] or "")
         return sum(passed) / len(passed)
 
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(completions)))
+    workers = max(1, min(num_workers or os.cpu_count() or 1, n))
     if workers == 1:
-        return [score(i) for i in range(len(completions))]
+        return [score(i) for i in range(n)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rapid-sandbox") as pool:
-        return list(pool.map(score, range(len(completions))))
+        return list(pool.map(score, range(n)))
 
 
-def code_reward(prompts: list[str], completions: list[str], tests: list[list[str]],
-                test_setup: list[str] | None = None, **_columns) -> list[float]:
-    """``code_tests_reward`` in the reward-function form (columns ``tests`` and optional ``test_setup``)."""
-    return code_tests_reward(completions, tests, setup_code=test_setup)
+def code_reward(prompts: list[str], completions: list[str], tests: list, test_setup: list[str] | None = None,
+                entry_point: list[str | None] | None = None, prompt_code: list[str | None] | None = None,
+                **_columns) -> list[float]:
+    """``code_tests_reward`` in the reward-function form (columns ``tests`` and optional ``test_setup``,
+    ``entry_point``, ``prompt_code``), with the default limits."""
+    return code_tests_reward(completions, tests, setup_code=test_setup, entry_point=entry_point,
+                             prompt_code=prompt_code)
+
+
+@dataclass
+class CodeReward:
+    """``code_reward`` with chosen limits, as a picklable reward function (it can run in reward worker
+    processes): ``CodeReward(timeout_s=10, packages=("numpy",))``."""
+
+    timeout_s: float = 5.0
+    packages: tuple[str, ...] = ()
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        self.limits = SandboxLimits(timeout_s=self.timeout_s, packages=tuple(self.packages))
+
+    def __call__(self, prompts: list[str], completions: list[str], tests: list, test_setup: list | None = None,
+                 entry_point: list | None = None, prompt_code: list | None = None, **_columns) -> list[float]:
+        return code_tests_reward(completions, tests, setup_code=test_setup, entry_point=entry_point,
+                                 prompt_code=prompt_code, limits=self.limits, num_workers=self.num_workers)

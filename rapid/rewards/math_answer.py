@@ -1,14 +1,17 @@
-"""Math reward: pull the final answer out of a completion and compare it with the reference.
+"""Math reward: pull the final answer out of a completion and decide whether it equals the reference.
 
-Extraction order: the last ``\\boxed{...}`` (nested braces balanced; also ``\\fbox``, ``\\boxed 5``), then the last
-``#### n`` (GSM8K), then "the answer is ...", then the last number in the text.
+Extraction: the last complete ``\\boxed{...}`` (nested braces balanced; also ``\\fbox``, ``\\boxed 5``), else the
+last ``#### n`` (GSM8K), else what follows "the answer is" / "answer:", else the last number in the text. The
+last-number fallback applies only when the completion states no answer: a completion with a ``\\boxed`` it did
+not close, or "the answer is 12, or maybe 13", is graded on what it stated, never on a number picked out of it.
 
-Equivalence: the two answers are normalised (``$``, ``\\text{}``, units, ``%``, degree signs, ``x =`` prefixes,
-thousands separators, ``\\dfrac``/``\\tfrac``, ``\\frac12``, spacing macros, ``\\left``/``\\right`` are removed or
-rewritten), then compared as exact rationals when both parse as numbers (integers, decimals, ``a/b``,
-``\\frac{a}{b}``), else as strings without spaces. When the ``math_verify`` package is installed, a pair that this
-comparison rejects is also offered to it (symbolic equivalence: ``2\\sqrt{2}`` vs ``\\sqrt{8}``); it can only turn a
-"no" into a "yes".
+Equivalence is decided by ``math_verify`` (symbolic: ``x^2+2x+1`` = ``(x+1)^2``, ``2\\sqrt{2}`` = ``\\sqrt{8}``,
+sets ``3, 5`` = ``5, 3``, intervals, percentages, units), under a time limit per pair (``MATH_VERIFY_TIMEOUT_S``:
+math_verify's own signal-based limit in the main thread; elsewhere — a reward running in a watchdog thread — the
+pair is sent to a helper process that is killed if it overruns). Unicode ``²``, ``√``, ``π``, ``−``, ``×`` are
+rewritten as LaTeX first. The one exception is GSM8K: when the reference is an integer (``#### 72``) and the
+answer reads as a number after the hand-rolled normalisation (``$1,000``, ``18 dollars``, ``72.0``), they are
+compared exactly here, which is both faster and right for GSM8K's unit-laden answers.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from fractions import Fraction
 
 logger = logging.getLogger(__name__)
 
+MATH_VERIFY_TIMEOUT_S = 5
+"""Seconds math_verify may spend on parsing each side and on the comparison of one pair."""
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s|\.?$|\n)", re.I)
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.*?)(?:\.\s|\.?$|\n)", re.I)
 _UNIT_WORDS = re.compile(r"^(-?[\d.,/]+)\s*(?:[a-zA-Z]+\.?\s*)+$")
+_INTEGER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
+_VERIFY_LOCK = threading.Lock()
+_VERIFY_POOL = None
+_WARNED = False
 
 
 def _braced(text: str, open_at: int) -> tuple[str, int] | None:
@@ -62,8 +72,10 @@ def extract_answer(text: str) -> str | None:
     if hashes:
         return hashes[-1].strip()
     stated = _ANSWER_IS.findall(text)
-    if stated and stated[-1].strip():
-        return stated[-1].strip()
+    if stated:
+        return stated[-1].strip() or None
+    if re.search(r"\\(?:boxed|fbox)", text):  # a box it did not close: no guessing from the numbers around it
+        return None
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else None
 
@@ -128,37 +140,106 @@ def to_number(s: str) -> Fraction | None:
     return None
 
 
-def _math_verify_equal(pred: str, gold: str) -> bool:
+def unicode_to_latex(s: str) -> str:
+    """Rewrite the Unicode maths a model may write (``x²``, ``2√2``, ``π``, ``−5``, ``3×4``) as LaTeX."""
+    s = re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+", lambda m: "^{" + m.group(0).translate(_SUPERSCRIPTS) + "}", s)
+    s = re.sub(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\{[^{}]*\}|\([^()]*\))",
+               lambda m: "\\sqrt{" + m.group(1).strip("{}") + "}", s)
+    for char, latex in (("π", "\\pi "), ("−", "-"), ("×", "\\times "), ("÷", "\\div "), ("·", "\\cdot "),
+                        ("∞", "\\infty "), ("≤", "\\le "), ("≥", "\\ge ")):
+        s = s.replace(char, latex)
+    return s
+
+
+def _verify_here(pred: str, gold: str, timeout: int | None) -> bool:
+    """math_verify on one pair in this process (``timeout``: its signal-based limit; main thread only)."""
+    from math_verify import parse, verify
+
     try:
-        from math_verify import parse, verify
-    except ImportError:
-        return False
-    main = threading.current_thread() is threading.main_thread()  # its timeouts use SIGALRM: main thread only
-    timeout = {"parsing_timeout": 5} if main else {"parsing_timeout": None}
-    try:
-        gold_parsed = parse(f"${gold}$", **timeout)
-        pred_parsed = parse(f"${pred}$", **timeout)
+        gold_parsed = parse(f"${unicode_to_latex(gold)}$", parsing_timeout=timeout)
+        pred_parsed = parse(f"${unicode_to_latex(pred)}$", parsing_timeout=timeout)
         if not gold_parsed or not pred_parsed:
             return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=5 if main else None))
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
     except Exception as exc:  # noqa: BLE001 - a verifier failure is "not shown equal", never a crash
         logger.debug("math_verify failed on %r vs %r: %s", pred, gold, exc)
         return False
 
 
-def answers_equal(pred: str | None, gold: str | None, use_math_verify: bool = True) -> bool:
-    """Whether two extracted answers are the same (see the module doc)."""
-    if pred is None or gold is None:
+def _verify_job(pred: str, gold: str, timeout: int) -> bool:
+    """One pair in the helper process (its main thread: math_verify's own limits apply there too)."""
+    return _verify_here(pred, gold, timeout)
+
+
+def verify_pairs(pairs: list[tuple[str, str]]) -> list[bool]:
+    """math_verify's verdict on each (prediction, reference) pair, each under ``MATH_VERIFY_TIMEOUT_S`` (a pair past
+    it is "not equal"); see the module doc for how the limit is enforced off the main thread."""
+    global _VERIFY_POOL
+    if not pairs:
+        return []
+    if threading.current_thread() is threading.main_thread():
+        return [_verify_here(p, g, MATH_VERIFY_TIMEOUT_S) for p, g in pairs]
+    from .reward_pool import RewardPool
+
+    with _VERIFY_LOCK:
+        if _VERIFY_POOL is None:
+            _VERIFY_POOL = RewardPool(1)
+        jobs = [((p, g, MATH_VERIFY_TIMEOUT_S), {}) for p, g in pairs]
+        results = _VERIFY_POOL.run(_verify_job, jobs, 3 * MATH_VERIFY_TIMEOUT_S + 10)
+    verdicts = []
+    for (pred, gold), (status, value) in zip(pairs, results):
+        if status != "ok":
+            logger.warning("math_verify: %s on %r vs %r; counted as not equal", status, pred[:80], gold[:80])
+        verdicts.append(status == "ok" and value is True)
+    return verdicts
+
+
+def _math_verify_available() -> bool:
+    global _WARNED
+    try:
+        import math_verify  # noqa: F401 - a core dependency; checked so a broken install degrades, not crashes
+    except ImportError:
+        if not _WARNED:
+            _WARNED = True
+            logger.warning("math_verify is not importable: math answers are compared by rapid's own normaliser only "
+                           "(symbolic equivalences such as 2\\sqrt{2} = \\sqrt{8} are graded wrong); pip install "
+                           "math-verify")
         return False
+    return True
+
+
+def _hand_rolled(pred: str, gold: str) -> bool | None:
+    """The exact comparison of rapid's normaliser: True/False when both read as numbers (or as the same string),
+    None when it cannot tell."""
     a, b = normalize_answer(pred), normalize_answer(gold)
     if not a or not b:
         return False
-    if a == b:
-        return True
     x, y = to_number(a), to_number(b)
     if x is not None and y is not None:
         return abs(x - y) <= Fraction(1, 10**9) * max(1, abs(y))
-    return use_math_verify and _math_verify_equal(pred, gold)
+    return True if a == b else None
+
+
+def _decide(pred: str | None, gold: str | None, use_math_verify: bool) -> bool | None:
+    """True/False when decided without math_verify, None when math_verify must decide."""
+    if pred is None or gold is None or not pred.strip() or not gold.strip():
+        return False
+    if pred.strip() == gold.strip():
+        return True
+    if _INTEGER.fullmatch(gold.strip()):  # GSM8K: an integer reference, compared exactly when the answer is a number
+        value = to_number(normalize_answer(pred))
+        if value is not None:
+            return value == int(gold.strip().replace(",", ""))
+    if not use_math_verify or not _math_verify_available():
+        return bool(_hand_rolled(pred, gold))
+    return None
+
+
+def answers_equal(pred: str | None, gold: str | None, use_math_verify: bool = True) -> bool:
+    """Whether two extracted answers are the same (see the module doc). ``use_math_verify=False``: rapid's own
+    normaliser only (exact numbers and identical normalised strings)."""
+    decided = _decide(pred, gold, use_math_verify)
+    return decided if decided is not None else verify_pairs([(pred, gold)])[0]
 
 
 def math_answer_reward(completions: list[str], answers: list[str]) -> list[float]:
@@ -166,7 +247,12 @@ def math_answer_reward(completions: list[str], answers: list[str]) -> list[float
     answer or a full GSM8K/MATH solution (its ``#### n`` / ``\\boxed{}`` is used)."""
     if len(completions) != len(answers):
         raise ValueError(f"completions ({len(completions)}) and answers ({len(answers)}) differ in length")
-    return [float(answers_equal(extract_answer(c), gold_answer(a))) for c, a in zip(completions, answers)]
+    pairs = [(extract_answer(c), gold_answer(a)) for c, a in zip(completions, answers)]
+    decided = [_decide(p, g, True) for p, g in pairs]
+    undecided = [i for i, d in enumerate(decided) if d is None]
+    for i, verdict in zip(undecided, verify_pairs([pairs[i] for i in undecided])):
+        decided[i] = verdict
+    return [float(d) for d in decided]
 
 
 def math_reward(prompts: list[str], completions: list[str], answer: list[str], **_columns) -> list[float]:

@@ -1,36 +1,52 @@
-"""Running reward functions: weighted combinations, a process pool for slow verifiers, and error isolation.
+"""Running reward functions: weighted combinations, time limits in every mode, stop requests, worker processes.
 
 The reward API is ``reward_fn(prompts, completions, **columns) -> list[float | None]``: one value per completion,
 ``None`` meaning "could not score". ``compute_rewards`` is what the trainer calls::
 
-    rewards, stats = compute_rewards(reward_fn, prompts, completions, columns, num_workers=4, timeout_s=30)
+    rewards, stats = compute_rewards(reward_fn, prompts, completions, columns, num_workers=4, timeout_s=60,
+                                     should_stop=lambda: stop_flag.is_set())
     # rewards: list[float | None]; the loss uses 0.0 for None. stats: {"reward/errors": ..., ...}
 
 An exception, a timeout, a wrong-length result or a non-finite value gives ``None`` for the samples concerned and
-is counted in ``reward/errors``; nothing a reward function does can end the run.
+is counted; nothing a reward function does can end or hang the run:
+
+* ``timeout_s`` limits every call (one chunk of samples) in every mode. In worker processes an overrunning worker
+  is killed. In this process (``num_workers=0``) the call runs in a watchdog thread; a call past its limit is
+  abandoned (a Python thread cannot be killed: it keeps running in the background until it returns, so a reward that
+  can truly hang belongs in workers) and its samples score None, counted in ``reward/timeouts``.
+* ``should_stop()`` is polled at least every 0.5 s (e.g. the trainer's SIGINT/SIGTERM flag): when it says stop,
+  what was scored is returned, the rest is None, and ``reward/interrupted`` counts the samples left unscored.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
-import multiprocessing.connection
+import numbers
 import pickle
 import statistics
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .reward_pool import close_pools, get_pool, references_main
+
 logger = logging.getLogger(__name__)
 
+__all__ = ["RewardFn", "WeightedReward", "check_reward_values", "close_pools", "combine", "compute_rewards",
+           "probe_reward"]
+
 RewardFn = Callable[..., list]
+_POLL_S = 0.5
+_WARNED_MAIN: set[str] = set()
 
 
 @dataclass
 class WeightedReward:
     """Σ weight_i · fn_i(prompts, completions, **columns); a sample is None if any term is None.
-    Picklable when its functions are (module-level), so it can run in the process pool."""
+    Picklable when its functions are (module-level), so it can run in worker processes."""
 
     components: list[tuple[RewardFn, float]]
 
@@ -45,7 +61,7 @@ class WeightedReward:
 
 
 def combine(components: Sequence[tuple[RewardFn, float]]) -> WeightedReward:
-    """One reward function from several weighted ones: ``combine([(math_reward, 1.0), (format_reward, 0.1)])``."""
+    """One reward function from several weighted ones: ``combine([(math_reward, 1.0), (fmt, 0.1)])``."""
     if not components:
         raise ValueError("combine() needs at least one (fn, weight) pair")
     for fn, weight in components:
@@ -58,163 +74,110 @@ def _name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _worker(conn: multiprocessing.connection.Connection) -> None:
-    """Pool worker: receive (fn, prompts, completions, columns), send back ("ok", values) or ("error", text)."""
-    while True:
+def call_with_watchdog(call: Callable[[], object], timeout_s: float | None,
+                       should_stop: Callable[[], bool] | None = None) -> tuple[str, object]:
+    """``call()`` in a daemon thread: ("ok", value) | ("error", traceback text) | ("timeout", None) |
+    ("stopped", None). On timeout or stop the thread is abandoned, not killed (see the module doc)."""
+    box: list = []
+    done = threading.Event()
+
+    def target() -> None:
         try:
-            job = conn.recv()
-        except EOFError:
-            return
-        fn, prompts, completions, columns = job
-        try:
-            conn.send(("ok", list(fn(prompts, completions, **columns))))
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, counted as an error there
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            box.append(("ok", call()))
+        except BaseException:  # noqa: B036 - SystemExit / KeyboardInterrupt raised by a reward must not escape
+            box.append(("error", traceback.format_exc()))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name="rapid-reward", daemon=True)
+    deadline = time.monotonic() + timeout_s if timeout_s else math.inf
+    thread.start()
+    while not done.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+        if should_stop is not None and should_stop():
+            return "stopped", None
+        if time.monotonic() >= deadline:
+            return "timeout", None
+    return box[0]
 
 
-class RewardPool:
-    """Worker processes for reward functions; a worker that overruns its chunk's deadline is killed and replaced.
-    Workers start with the "spawn" method by default, safe in a process holding CUDA or vLLM threads: reward
-    functions must then be importable (module-level)."""
-
-    def __init__(self, num_workers: int, start_method: str = "spawn") -> None:
-        self.ctx = multiprocessing.get_context(start_method)
-        self.num_workers = num_workers
-        self.workers: list[tuple[multiprocessing.Process, multiprocessing.connection.Connection]] = []
-
-    def _start_worker(self):
-        parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker, args=(child,), daemon=True, name="rapid-reward-worker")
-        proc.start()
-        child.close()
-        return proc, parent
-
-    def run(self, fn: RewardFn, jobs: list[tuple], timeout_s: float | None) -> list[tuple[str, object]]:
-        """Run ``fn(*job)`` for each job; results in order: ("ok", values) | ("error", text) | ("timeout", None)."""
-        while len(self.workers) < min(self.num_workers, len(jobs)):
-            self.workers.append(self._start_worker())
-        results: list = [None] * len(jobs)
-        pending = list(range(len(jobs)))[::-1]
-        busy: dict[int, tuple[int, float]] = {}  # worker index -> (job index, deadline)
-        while pending or busy:
-            for w in range(len(self.workers)):
-                if w not in busy and pending:
-                    j = pending.pop()
-                    try:
-                        self.workers[w][1].send((fn, *jobs[j]))
-                    except (BrokenPipeError, OSError):  # the idle worker had died: replace it, try again
-                        self._replace(w)
-                        self.workers[w][1].send((fn, *jobs[j]))
-                    busy[w] = (j, time.monotonic() + timeout_s if timeout_s else math.inf)
-            conns = {self.workers[w][1]: w for w in busy}
-            nearest = min(deadline for _, deadline in busy.values())
-            wait = None if nearest == math.inf else max(0.0, nearest - time.monotonic())
-            for conn in multiprocessing.connection.wait(list(conns), timeout=wait):
-                w = conns[conn]
-                j, _ = busy.pop(w)
-                try:
-                    results[j] = conn.recv()
-                except (EOFError, OSError):  # the worker died (e.g. os._exit in the reward function)
-                    results[j] = ("error", "reward worker died")
-                    self._replace(w)
-            now = time.monotonic()
-            for w, (j, deadline) in list(busy.items()):
-                if now >= deadline:
-                    busy.pop(w)
-                    results[j] = ("timeout", None)
-                    self._replace(w)
-        return results
-
-    def _replace(self, w: int) -> None:
-        proc, conn = self.workers[w]
-        proc.kill()
-        proc.join()
-        conn.close()
-        self.workers[w] = self._start_worker()
-
-    def close(self) -> None:
-        """Stop every worker."""
-        for proc, conn in self.workers:
-            conn.close()
-            proc.kill()
-            proc.join()
-        self.workers = []
-
-
-_POOLS: dict[int, RewardPool] = {}
-
-
-def get_pool(num_workers: int) -> RewardPool:
-    """The process-wide pool of ``num_workers`` workers (started on first use, reused after)."""
-    if num_workers not in _POOLS:
-        _POOLS[num_workers] = RewardPool(num_workers)
-    return _POOLS[num_workers]
-
-
-def close_pools() -> None:
-    """Stop all reward worker processes (also done at interpreter exit: the workers are daemons)."""
-    for pool in _POOLS.values():
-        pool.close()
-    _POOLS.clear()
-
-
-def _call_inline(fn: RewardFn, jobs: list[tuple]) -> list[tuple[str, object]]:
+def _call_inline(fn: RewardFn, jobs: list[tuple], timeout_s: float | None,
+                 should_stop: Callable[[], bool] | None) -> list[tuple[str, object]]:
     results = []
-    for prompts, completions, columns in jobs:
-        try:
-            results.append(("ok", list(fn(prompts, completions, **columns))))
-        except Exception as exc:  # noqa: BLE001 - counted as an error, never raised into the training loop
-            results.append(("error", f"{type(exc).__name__}: {exc}"))
+    for args, kwargs in jobs:
+        if results and results[-1][0] == "stopped":
+            results.append(("stopped", None))
+            continue
+        status, payload = call_with_watchdog(lambda: fn(*args, **kwargs), timeout_s, should_stop)
+        if status == "error":
+            payload = str(payload).strip().splitlines()[-1]
+        results.append((status, payload))
     return results
+
+
+def _use_workers(reward_fn: RewardFn, num_workers: int) -> bool:
+    """Whether ``reward_fn`` can run in worker processes; ValueError if it cannot be sent there at all."""
+    if num_workers < 1:
+        return False
+    try:
+        in_main = references_main(reward_fn)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ValueError(f"reward function {_name(reward_fn)!r} cannot be sent to worker processes (define it at "
+                         f"module level, or use num_workers=0): {exc}") from exc
+    if in_main and _name(reward_fn) not in _WARNED_MAIN:
+        _WARNED_MAIN.add(_name(reward_fn))
+        logger.warning("reward function %r is defined in the script being run (__main__): a worker process could only "
+                       "find it by re-running that script, so it runs in this process with a watchdog thread instead. "
+                       "Put it in an importable module to use reward workers.", _name(reward_fn))
+    return not in_main
 
 
 def compute_rewards(reward_fn: RewardFn, prompts: list[str], completions: list[str],
                     columns: dict[str, list] | None = None, *, num_workers: int = 0,
-                    timeout_s: float | None = None, chunk_size: int | None = None
-                    ) -> tuple[list[float | None], dict[str, float]]:
+                    timeout_s: float | None = None, chunk_size: int | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> tuple[list[float | None], dict[str, float]]:
     """Score every completion; return ``(rewards, stats)`` where a reward is a float or None (failed: the trainer
     uses 0.0), and stats has ``reward/errors`` (samples that got None through an exception, a timeout, a bad
-    return), ``reward/timeouts``, ``reward/none`` (None returned by the function itself), ``reward/mean`` and
-    ``reward/std`` (over the non-None values).
+    return), ``reward/timeouts``, ``reward/interrupted`` (left unscored because ``should_stop()`` said so),
+    ``reward/none`` (None returned by the function itself), ``reward/mean`` and ``reward/std`` (non-None values).
 
-    ``columns[k][i]`` is column k for completion i (e.g. ``{"answer": [...]}``). ``num_workers=0`` runs in this
-    process (``timeout_s`` is then not enforced); ``>= 1`` uses a process pool of that size, each chunk of
-    ``chunk_size`` samples (default: an even split over the workers) limited to ``timeout_s`` seconds. A failed
-    chunk is retried one sample at a time, so one bad sample does not cost its neighbours — except on a timeout,
-    which gives the whole chunk None.
+    ``columns[k][i]`` is column k for completion i (e.g. ``{"answer": [...]}``). ``num_workers=0`` calls
+    ``reward_fn`` in this process, on all samples at once; ``>= 1`` uses that many worker processes, each chunk of
+    ``chunk_size`` samples (default: an even split over the workers). ``timeout_s`` (None: no limit) limits each call
+    in either mode; ``should_stop`` is polled every 0.5 s (see the module doc). A failed chunk is retried one sample
+    at a time, so one bad sample does not cost its neighbours — except on a timeout, which gives the chunk None.
     """
     columns = columns or {}
     n = len(completions)
     if len(prompts) != n or any(len(v) != n for v in columns.values()):
         raise ValueError(f"prompts ({len(prompts)}), completions ({n}) and every column "
                          f"({ {k: len(v) for k, v in columns.items()} }) must have the same length")
-    if num_workers >= 1:
-        try:
-            pickle.dumps(reward_fn)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            raise ValueError(f"reward function {_name(reward_fn)!r} cannot be sent to worker processes (define it at "
-                             f"module level, or use num_workers=0): {exc}") from exc
-    size = chunk_size or max(1, math.ceil(n / max(1, num_workers)))
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+    workers = _use_workers(reward_fn, num_workers)
+    size = chunk_size or max(1, math.ceil(n / max(1, num_workers if workers else 1)))
     chunks = [list(range(s, min(n, s + size))) for s in range(0, n, size)]
 
-    def jobs_for(groups: list[list[int]]) -> list[tuple]:
-        return [([prompts[i] for i in g], [completions[i] for i in g], {k: [v[i] for i in g] for k, v in
-                                                                        columns.items()}) for g in groups]
-
     def run(groups: list[list[int]]) -> list[tuple[str, object]]:
-        if num_workers >= 1:
-            return get_pool(num_workers).run(reward_fn, jobs_for(groups), timeout_s)
-        return _call_inline(reward_fn, jobs_for(groups))
+        jobs = [(([prompts[i] for i in g], [completions[i] for i in g]),
+                 {k: [v[i] for i in g] for k, v in columns.items()}) for g in groups]
+        if workers:
+            return get_pool(num_workers).run(reward_fn, jobs, timeout_s, should_stop)
+        return _call_inline(reward_fn, jobs, timeout_s, should_stop)
 
     rewards: list[float | None] = [None] * n
-    counts = {"errors": 0, "timeouts": 0, "none": 0}
+    counts = {"errors": 0, "timeouts": 0, "interrupted": 0, "none": 0}
     retry: list[list[int]] = []
     for group, result in zip(chunks, run(chunks)):
         if not _store(group, result, rewards, counts, final=len(group) == 1):
             retry.extend([i] for i in group)
-    if retry:
+    if retry and not counts["interrupted"]:
         for group, result in zip(retry, run(retry)):
             _store(group, result, rewards, counts, final=True)
+    elif retry:
+        counts["interrupted"] += sum(len(g) for g in retry)
+    if counts["interrupted"]:
+        logger.warning("reward computation stopped on request: %d of %d samples left unscored",
+                       counts["interrupted"], n)
     values = [r for r in rewards if r is not None]
     stats = {f"reward/{k}": float(v) for k, v in counts.items()}
     stats["reward/mean"] = statistics.fmean(values) if values else 0.0
@@ -225,11 +188,19 @@ def compute_rewards(reward_fn: RewardFn, prompts: list[str], completions: list[s
 def _store(group: list[int], result: tuple[str, object], rewards: list, counts: dict, final: bool) -> bool:
     """Put one chunk's result into ``rewards``; False if the chunk should be retried sample by sample."""
     status, payload = result
+    if status == "stopped":
+        counts["interrupted"] += len(group)
+        return True
     if status == "timeout":
         logger.warning("reward function timed out on %d sample(s)", len(group))
         counts["errors"] += len(group)
         counts["timeouts"] += len(group)
         return True
+    if status == "ok":
+        try:
+            payload = list(payload)
+        except TypeError:
+            pass
     problem = payload if status == "error" else None
     if problem is None and (not isinstance(payload, list) or len(payload) != len(group)):
         problem = f"returned {type(payload).__name__} of length {len(payload) if isinstance(payload, list) else '?'}" \
@@ -237,7 +208,7 @@ def _store(group: list[int], result: tuple[str, object], rewards: list, counts: 
     if problem is not None:
         if not final:
             return False
-        logger.warning("reward function failed on sample %d: %s", group[0], problem)
+        logger.warning("reward function failed on sample %d: %s", group[0], str(problem).strip()[-2000:])
         counts["errors"] += len(group)
         return True
     for i, value in zip(group, payload):
@@ -254,3 +225,50 @@ def _store(group: list[int], result: tuple[str, object], rewards: list, counts: 
             logger.warning("reward function gave a non-finite or non-numeric value for sample %d", i)
             counts["errors"] += 1
     return True
+
+
+def check_reward_values(raw: object, expected: int, name: str = "reward_fn") -> list:
+    """``raw`` as a list of ``expected`` numbers or None; else ValueError naming ``name``."""
+    try:
+        values = list(raw)  # type: ignore[call-overload]
+    except TypeError as err:
+        raise ValueError(f"{name} must return a list of floats (or None), got {type(raw).__name__}") from err
+    if len(values) != expected:
+        raise ValueError(f"{name} returned {len(values)} rewards for {expected} completions")
+    for i, r in enumerate(values):
+        if r is None:
+            continue
+        plain = r.item() if not isinstance(r, (bool, numbers.Real)) and hasattr(r, "item") and getattr(
+            r, "numel", lambda: 1)() == 1 else r
+        if isinstance(plain, bool) or not isinstance(plain, numbers.Real):
+            raise ValueError(f"{name} returned a non-number at index {i}: {r!r} (use None for a failed reward)")
+        if not math.isfinite(float(plain)):
+            raise ValueError(f"{name} returned a non-finite reward at index {i}: {r!r}")
+    return values
+
+
+def probe_reward(reward_fn: RewardFn, rows: list[dict], timeout_s: float | None = 60.0, *,
+                 should_stop: Callable[[], bool] | None = None) -> str:
+    """Call ``reward_fn`` once on two empty completions (the first two rows' prompts and columns), under
+    ``timeout_s``, before any expensive work. A wrong length or a non-number raises ValueError naming the function
+    (a bug that would score every sample wrong); an exception or a hang is logged as a WARNING (with the traceback)
+    and the run goes on, as such samples would score None during training. Returns "ok", "error", "timeout" or
+    "stopped"."""
+    if not rows:
+        raise ValueError("probe_reward needs at least one row")
+    sample = rows[:2]
+    prompts = [row["prompt"] for row in sample]
+    columns = {k: [row.get(k) for row in sample] for k in sample[0] if k != "prompt"}
+    name = _name(reward_fn)
+    status, payload = call_with_watchdog(lambda: reward_fn(prompts, [""] * len(sample), **columns), timeout_s,
+                                         should_stop)
+    if status == "error":
+        logger.warning("reward function %r raised on the start-up probe (two empty completions); the run continues and "
+                       "samples it raises on score 0 (counted in reward/errors):\n%s", name, payload)
+    elif status == "timeout":
+        logger.warning("reward function %r did not return within %s s on the start-up probe (two empty completions); "
+                       "the run continues, and calls past reward_timeout_s score 0 (counted in reward/timeouts)",
+                       name, timeout_s)
+    elif status == "ok":
+        check_reward_values(payload, len(sample), f"reward function {name!r}")
+    return status

@@ -1,33 +1,40 @@
-"""Run one untrusted program in a confined subprocess and bring back what its functions returned.
+"""Run one untrusted program in a confined subprocess and bring back what its functions returned or printed.
 
 Isolation, in the order it is set up (by ``_sandbox_child.py``, trusted code that runs before the program):
 
 * a fresh temporary directory as cwd (removed afterwards), a scrubbed environment, stdin at /dev/null;
 * ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core files; a wall-clock limit enforced by
   the parent;
-* no network: a new, empty network namespace (``unshare(CLONE_NEWNET)``; needs root). Without root it falls back to
+* no network: new, empty network and IPC namespaces (``unshare``; needs root). Without root it falls back to
   refusing ``socket`` creation at the Python level, which ctypes can bypass — the fallback is logged;
+* a private mount namespace (root): every mount read-only, and fresh size-limited tmpfs on /tmp, /var/tmp,
+  /dev/shm and /run/lock that vanish with the program — so it cannot leave a file anywhere;
 * as root, the program runs under a private uid (one of ``UID_BASE + slot``, a slot held by ``flock`` so concurrent
   sandboxes, even from different processes, never share one). That makes ``RLIMIT_NPROC`` effective (the kernel
-  does not enforce it for root), keeps the program from writing outside world-writable directories, from signalling
-  or reading the trainer, and lets the parent find every process the program started — even ones that called
-  ``setsid`` — by uid, and every file it left in /tmp, /var/tmp or /dev/shm by owner;
+  does not enforce it for root), keeps the program from signalling or reading the trainer, and lets the parent find
+  every process the program started — even ones that called ``setsid`` — by uid, and every file it left by owner;
+* only the standard library is importable, plus the site-packages named in ``SandboxLimits.packages`` (each reached
+  through a descriptor to that package alone, never the whole site-packages directory);
 * output (stdout + stderr) is read up to a cap; past it the program is killed.
 
 Afterwards the process group is killed, then every process of the sandbox uid (repeated until none is left), then
-files owned by the uid in the world-writable directories and the working directory are removed. Without root the
-sweep falls back to the process group and the session (a program that calls ``setsid`` and forks can escape it).
+files owned by the uid in world-writable directories are removed (all of them on writable mounts when the mount
+namespace could not be made; see ``_sandbox_sweep``). Without root the sweep falls back to the process group and the
+session (a program that calls ``setsid`` and forks can escape it).
+
+Three ways to talk to a program: ``run_sandboxed`` (evaluate expressions after it ran: assert tests),
+``run_stdio`` (run it once per stdin input, capture stdout) and ``open_program`` (call its functions from the parent
+one call at a time, with plain-data arguments and results: test programs such as HumanEval's ``check``).
 """
 
 from __future__ import annotations
 
-import fcntl
+import importlib.util
 import json
 import logging
 import os
-import selectors
+import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,19 +42,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ._sandbox_child import Opaque, from_wire, to_wire
+from ._sandbox_sweep import UID_BASE, UidSlot, leftover_pids, remove_files_of, sweep_processes
+
 logger = logging.getLogger(__name__)
 
-UID_BASE = 1_990_000_000
-"""First private uid for sandboxed programs (far above real accounts and the usual subordinate-id ranges)."""
-_NUM_SLOTS = 4096
-_SLOT_DIR = os.path.join(tempfile.gettempdir(), "rapid-sandbox-slots")
-_WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
+__all__ = ["UID_BASE", "Opaque", "SandboxLimits", "SandboxResult", "from_wire", "isolation", "leftover_pids",
+           "run_sandboxed", "run_stdio", "to_wire"]
+
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
 
 
 @dataclass
 class SandboxLimits:
-    """Resource limits of one sandboxed program."""
+    """Resource limits of one sandboxed program, and what it may import."""
 
     timeout_s: float = 5.0
     """Wall-clock limit for the whole run (program and all tests)."""
@@ -59,20 +67,32 @@ class SandboxLimits:
     """Process-count limit (RLIMIT_NPROC) for the sandbox uid (as root; without root it is not applied, since the
     limit would count every process of the calling user)."""
     output_bytes: int = 1 << 20
-    """Most bytes of stdout + stderr read; more kills the program (status "output_limit")."""
+    """Most bytes of stdout + stderr read; more kills the program (status "output_limit"). Also the cap on one
+    stdin/stdout case's captured stdout."""
     result_bytes: int = 4 << 20
     """Most bytes of result messages accepted."""
     file_mb: int = 16
     """Largest file the program may write (RLIMIT_FSIZE) in MiB."""
     nofile: int = 64
     """Open-file limit (RLIMIT_NOFILE)."""
+    tmpfs_mb: int = 64
+    """Size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run/lock) in MiB; it is memory, not disk."""
+    packages: tuple[str, ...] = ()
+    """Installed top-level packages the program may import besides the standard library, e.g. ``("numpy",)``.
+    Off by default. A package's own dependencies must be listed too."""
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        for name in ("memory_mb", "nproc", "output_bytes", "result_bytes", "file_mb", "nofile"):
+        for name in ("memory_mb", "nproc", "output_bytes", "result_bytes", "file_mb", "nofile", "tmpfs_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.packages, str):
+            raise ValueError(f"packages must be a sequence of names, got the string {self.packages!r}")
+        self.packages = tuple(self.packages)
+        for name in self.packages:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"packages: {name!r} is not a top-level package name")
 
 
 @dataclass
@@ -89,143 +109,21 @@ class SandboxResult:
     isolation: dict = field(default_factory=dict)
 
 
-class _Opaque:
-    """A returned value of a type the wire format does not carry: equal to nothing, not even itself."""
-
-    __slots__ = ("type_name",)
-
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    __hash__ = object.__hash__
-
-    def __repr__(self) -> str:
-        return f"<opaque {self.type_name}>"
+_PACKAGES: dict[str, str] = {}
 
 
-def from_wire(w):
-    """Decode one value of ``_sandbox_child.to_wire``'s format; anything malformed raises ValueError."""
-    if w is None or isinstance(w, (bool, str)):
-        return w
-    if not isinstance(w, list) or not w or not isinstance(w[0], str):
-        raise ValueError(f"malformed value {w!r:.80}")
-    tag, *rest = w
-    try:
-        if tag == "i":
-            return int(rest[0])
-        if tag == "f":
-            return float(rest[0])
-        if tag == "c":
-            return complex(float(rest[0]), float(rest[1]))
-        if tag == "b":
-            return bytes.fromhex(rest[0])
-        if tag == "x":
-            return _Opaque(str(rest[0]))
-        items = rest[0]
-        if tag == "d":
-            return {from_wire(k): from_wire(v) for k, v in items}
-        decoded = [from_wire(v) for v in items]
-        kinds = {"l": list, "t": tuple, "s": set, "fs": frozenset}
-        return kinds[tag](decoded)
-    except (IndexError, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed value {w!r:.80}") from exc
-
-
-class _UidSlot:
-    """A private uid held for the duration of one run: ``flock`` on a per-slot file (released if we die)."""
-
-    def __init__(self) -> None:
-        os.makedirs(_SLOT_DIR, mode=0o700, exist_ok=True)
-        start = (os.getpid() * 31 + threading.get_ident()) % _NUM_SLOTS
-        for k in range(_NUM_SLOTS):
-            slot = (start + k) % _NUM_SLOTS
-            fd = os.open(os.path.join(_SLOT_DIR, str(slot)), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.fd, self.uid = fd, UID_BASE + slot
-            return
-        raise RuntimeError(f"all {_NUM_SLOTS} sandbox uid slots are busy")
-
-    def release(self) -> None:
-        os.close(self.fd)  # closing drops the flock
-
-
-def _proc_owner_and_session(pid: str) -> tuple[int, int, str] | None:
-    """(real uid, session id, state) of a process from /proc/PID/status, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            status = f.read()
-    except OSError:
-        return None
-    fields = {}
-    for line in status.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "State", "NSsid"):
-            fields[key] = value.split()
-    if len(fields) < 3:
-        return None
-    return int(fields["Uid"][0]), int(fields["NSsid"][0]), fields["State"][0]
-
-
-def leftover_pids(uid: int | None, session: int | None) -> list[int]:
-    """Live (non-zombie) processes owned by ``uid`` or in ``session``."""
-    found = []
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        info = _proc_owner_and_session(name)
-        if info is None or info[2] in ("Z", "X"):
-            continue
-        if (uid is not None and info[0] == uid) or (session is not None and info[1] == session):
-            found.append(int(name))
+def package_locations(names: tuple[str, ...]) -> dict[str, str]:
+    """Directory (package) or file (single module) of each allowed package; ValueError naming one not installed."""
+    found = {}
+    for name in names:
+        if name not in _PACKAGES:
+            spec = importlib.util.find_spec(name)
+            if spec is None or (spec.origin in (None, "built-in", "frozen") and not spec.submodule_search_locations):
+                raise ValueError(f"packages: {name!r} is not installed in this environment")
+            locations = list(spec.submodule_search_locations or [])
+            _PACKAGES[name] = locations[0] if locations else spec.origin
+        found[name] = _PACKAGES[name]
     return found
-
-
-def _sweep_processes(uid: int | None, session: int) -> None:
-    """SIGKILL the session's process group, then everything of the uid / session until nothing is left."""
-    try:
-        os.killpg(session, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for round_ in range(200):
-        pids = leftover_pids(uid, session)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(min(0.001 * (round_ + 1), 0.02))
-    logger.warning("sandbox: processes of uid %s / session %s survived 200 kill rounds", uid, session)
-
-
-def _remove_files_of(uid: int) -> None:
-    """Delete top-level entries owned by ``uid`` in the world-writable directories."""
-    for root in dict.fromkeys((*_WORLD_WRITABLE, tempfile.gettempdir())):
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-            except FileNotFoundError:  # removed meanwhile by its owner (another process's temp entry)
-                continue
-            except OSError as exc:
-                logger.warning("sandbox: could not remove %s: %s", entry.path, exc)
 
 
 _PROBE: dict | None = None
@@ -233,155 +131,51 @@ _PROBE_LOCK = threading.Lock()
 
 
 def isolation() -> dict:
-    """What confinement this machine allows (probed once per process): {"uid": bool, "netns": bool}."""
+    """What confinement this machine allows (probed once per process):
+    {"uid": bool, "netns": bool, "ipcns": bool, "mountns": bool}."""
     global _PROBE
     with _PROBE_LOCK:
         if _PROBE is None:
-            _PROBE = {"uid": os.geteuid() == 0, "netns": True}
-            result = _run(None, [], SandboxLimits(timeout_s=10), probe=True)
-            ready = result.isolation
-            if _PROBE["uid"] and not ready:  # dropping to a private uid failed (e.g. unmapped in a user namespace)
-                _PROBE["uid"] = False
-                ready = _run(None, [], SandboxLimits(timeout_s=10), probe=True).isolation
-            _PROBE["netns"] = bool(ready.get("netns"))
-            level = logging.INFO if _PROBE["uid"] and _PROBE["netns"] else logging.WARNING
-            logger.log(level, "code sandbox isolation: private uid=%s, network namespace=%s", _PROBE["uid"],
-                       _PROBE["netns"])
+            root = os.geteuid() == 0
+            ready = _probe(uid_drop=root)
+            if root and not ready:  # dropping to a private uid failed (e.g. unmapped in a user namespace)
+                root, ready = False, _probe(uid_drop=False)
+            _PROBE = {"uid": root, **{k: bool(ready.get(k)) for k in ("netns", "ipcns", "mountns")}}
+            level = logging.INFO if all(_PROBE.values()) else logging.WARNING
+            logger.log(level, "code sandbox isolation: %s", _PROBE)
     return dict(_PROBE)
+
+
+def _probe(uid_drop: bool) -> dict:
+    session = _Session({"mode": "probe"}, SandboxLimits(timeout_s=10), uid_drop=uid_drop, mountns=uid_drop)
+    try:
+        session.finish()
+        return session.isolation
+    finally:
+        session.close()
 
 
 def run_sandboxed(program: str, holes: list[list[str]], limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``program``, then evaluate each test's expressions ``holes[i]`` in its namespace; see the module doc."""
+    return _run_batch({"mode": "holes", "program": program, "holes": holes}, limits or SandboxLimits())
+
+
+def run_stdio(program: str, inputs: list[str], limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``program`` as ``__main__`` once per input (fed on stdin, each in a fresh process); ``tests[i]`` is
+    ``[stdout, exited_cleanly]``. Cases finished before the wall limit count."""
+    limits = limits or SandboxLimits()
+    return _run_batch({"mode": "stdio", "program": program, "inputs": list(inputs), "output_cap": limits.output_bytes},
+                      limits)
+
+
+def _run_batch(request: dict, limits: SandboxLimits) -> SandboxResult:
     iso = isolation()
-    return _run(program, holes, limits or SandboxLimits(), uid_drop=iso["uid"])
-
-
-def _run(program: str | None, holes: list[list[str]], limits: SandboxLimits, probe: bool = False,
-         uid_drop: bool | None = None) -> SandboxResult:
-    if uid_drop is None:
-        uid_drop = _PROBE["uid"] if _PROBE else False
-    slot = _UidSlot() if uid_drop else None
-    workdir = tempfile.mkdtemp(prefix="rapid-sbx-")
-    read_fd, write_fd = os.pipe()
-    proc = None
+    session = _Session(request, limits, uid_drop=iso["uid"], mountns=iso["mountns"])
     try:
-        if slot is not None:
-            os.chown(workdir, slot.uid, slot.uid)
-        request = {
-            "program": program, "holes": holes, "probe": probe, "result_fd": write_fd, "netns": True,
-            "uid": slot.uid if slot else None,
-            "limits": {"cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
-                       "as_bytes": limits.memory_mb << 20, "fsize_bytes": limits.file_mb << 20,
-                       "nofile": limits.nofile, "nproc": limits.nproc if slot else None},
-        }
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
-        start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-I", "-S", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, cwd=workdir, env=env, pass_fds=(write_fd,),
-                                start_new_session=True)
-        os.close(write_fd)
-        write_fd = -1
-        try:
-            proc.stdin.write(json.dumps(request).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        result = _collect(proc, read_fd, limits, start)
-        result.wall_s = time.monotonic() - start
-        return result
+        session.finish()
+        return session.result()
     finally:
-        if write_fd >= 0:
-            os.close(write_fd)
-        os.close(read_fd)
-        if proc is not None:
-            _sweep_processes(slot.uid if slot else None, proc.pid)
-            proc.wait()
-            proc.stdout.close()
-        if slot is not None:
-            _remove_files_of(slot.uid)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if slot is not None:
-            slot.release()
-
-
-def _collect(proc: subprocess.Popen, result_fd: int, limits: SandboxLimits, start: float) -> SandboxResult:
-    """Read output (capped) and result lines until the program exits, breaks a limit or runs out of time."""
-    out_fd = proc.stdout.fileno()
-    for fd in (out_fd, result_fd):
-        os.set_blocking(fd, False)
-    streams = {out_fd: _Stream(limits.output_bytes, "output_limit"),
-               result_fd: _Stream(limits.result_bytes, "result_limit")}
-    sel = selectors.DefaultSelector()
-    for fd in streams:
-        sel.register(fd, selectors.EVENT_READ)
-    status = None
-    deadline = start + limits.timeout_s
-    while status is None:
-        exited = proc.poll() is not None
-        wait = 0 if exited else min(0.05, max(0.0, deadline - time.monotonic()))
-        for key, _ in sel.select(timeout=wait):
-            status = status or streams[key.fd].read(key.fd, sel, drain=False)
-        if status is None and exited:
-            for fd in list(sel.get_map()):  # what the program wrote before exiting is still in the pipes
-                status = status or streams[fd].read(fd, sel, drain=True)
-            status = status or "ok"
-        elif status is None and not sel.get_map():  # both pipes closed: just wait for the exit
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                status = "timeout"
-        elif status is None and time.monotonic() >= deadline:
-            status = "timeout"
-    sel.close()
-    return _parse(status, proc, streams[result_fd].data, bytes(streams[out_fd].data))
-
-
-class _Stream:
-    """One capped pipe reader."""
-
-    def __init__(self, cap: int, over_status: str) -> None:
-        self.data, self.cap, self.over_status = bytearray(), cap, over_status
-
-    def read(self, fd: int, sel: selectors.BaseSelector, drain: bool) -> str | None:
-        """Read what is available (all of it when ``drain``); the limit status if the cap is passed."""
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return None
-            if not chunk:
-                sel.unregister(fd)
-                return None
-            self.data += chunk
-            if len(self.data) > self.cap:
-                return self.over_status
-            if not drain:
-                return None
-
-
-def _parse(status: str, proc: subprocess.Popen, raw: bytearray, output: bytes) -> SandboxResult:
-    result = SandboxResult(status=status, returncode=proc.poll(), output_tail=output[-2048:].decode(errors="replace"))
-    if status in ("output_limit", "result_limit"):
-        return result
-    lines = bytes(raw).split(b"\n")
-    for line in lines[:-1] if not raw.endswith(b"\n") else lines:
-        if not line:
-            continue
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(msg, dict):
-            continue
-        if "ready" in msg and not result.isolation and isinstance(msg["ready"], dict):
-            result.isolation = msg["ready"]
-        elif "program_error" in msg:
-            result.status = "program_error"
-        elif isinstance(msg.get("test"), int) and msg["test"] not in result.tests:
-            result.tests[msg["test"]] = _decode_test(msg)
-    if status == "ok" and not result.isolation:
-        result.status = "crashed"
-    return result
+        session.close()
 
 
 def _decode_test(msg: dict) -> list | str:
@@ -389,5 +183,187 @@ def _decode_test(msg: dict) -> list | str:
         return str(msg["error"])
     try:
         return [from_wire(v) for v in msg["values"]]
-    except (ValueError, KeyError, TypeError, OverflowError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return "BadValue"
+
+
+class _Session:
+    """One sandboxed child process: spawned on construction, read by ``pump``, killed and swept by ``close``."""
+
+    def __init__(self, request: dict, limits: SandboxLimits, uid_drop: bool, mountns: bool,
+                 interactive: bool = False) -> None:
+        self.limits = limits
+        self.isolation: dict = {}
+        self.tests: dict[int, list | str] = {}
+        self.replies: dict[int, dict] = {}
+        self.loaded = self.program_error = False
+        self.status: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._partial, self._result_bytes, self._output = bytearray(), 0, bytearray()
+        self._outgoing, self._request_w = bytearray(), -1
+        self.slot = UidSlot() if uid_drop else None
+        self.workdir = tempfile.mkdtemp(prefix="rapid-sbx-")
+        self._result_r, result_w = os.pipe()
+        request_r = -1
+        try:
+            if interactive:
+                request_r, self._request_w = os.pipe()
+                os.set_blocking(self._request_w, False)
+            if self.slot is not None:
+                os.chown(self.workdir, self.slot.uid, self.slot.uid)
+            packages = package_locations(limits.packages)
+            request = {**request, "result_fd": result_w, "request_fd": request_r, "netns": True, "mountns": mountns,
+                       "uid": self.slot.uid if self.slot else None, "packages": packages,
+                       "limits": {"cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
+                                  "as_bytes": limits.memory_mb << 20, "fsize_bytes": limits.file_mb << 20,
+                                  "nofile": limits.nofile, "nproc": limits.nproc if self.slot else None,
+                                  "tmpfs_mb": limits.tmpfs_mb}}
+            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.workdir, "TMPDIR": self.workdir,
+                   "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            self.start = time.monotonic()
+            self.deadline = self.start + limits.timeout_s
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+                pass_fds=tuple(fd for fd in (result_w, request_r) if fd >= 0), start_new_session=True)
+            try:
+                self.proc.stdin.write(json.dumps(request).encode())
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            for fd in (self._result_r, self.proc.stdout.fileno()):
+                os.set_blocking(fd, False)
+            self._reading = {self._result_r, self.proc.stdout.fileno()}
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for fd in (result_w, request_r):
+                if fd >= 0:
+                    os.close(fd)
+
+    def pump(self, wait: float) -> None:
+        """Move data for up to ``wait`` seconds; sets ``status`` when the run is over (exit, limit or timeout)."""
+        if self.status is not None:
+            return
+        exited = self.proc.poll() is not None
+        writing = [self._request_w] if self._outgoing and self._request_w >= 0 else []
+        wait = 0.0 if exited else max(0.0, min(wait, self.deadline - time.monotonic()))
+        readable, writable, _ = select.select(list(self._reading), writing, [], wait)
+        for fd in readable:
+            self.status = self.status or self._read(fd, drain=False)
+        if writable and self.status is None:
+            try:
+                sent = os.write(self._request_w, self._outgoing)
+                del self._outgoing[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:  # the child closed its end: it is gone or ignoring us
+                self._outgoing.clear()
+        if self.status is None and exited:
+            for fd in list(self._reading):  # what the program wrote before exiting is still in the pipes
+                self.status = self.status or self._read(fd, drain=True)
+            self.status = self.status or "ok"
+        elif self.status is None and not self._reading:  # both pipes closed: wait for the exit
+            try:
+                self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.status = "timeout"
+        elif self.status is None and time.monotonic() >= self.deadline:
+            self.status = "timeout"
+
+    def _read(self, fd: int, drain: bool) -> str | None:
+        """Read what is available (all of it when ``drain``); the limit status if a cap is passed."""
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                self._reading.discard(fd)
+                return None
+            if fd == self._result_r:
+                self._result_bytes += len(chunk)
+                if self._result_bytes > self.limits.result_bytes:
+                    return "result_limit"
+                self._absorb(chunk)
+            else:
+                self._output += chunk
+                if len(self._output) > self.limits.output_bytes:
+                    return "output_limit"
+            if not drain:
+                return None
+
+    def _absorb(self, chunk: bytes) -> None:
+        self._partial += chunk
+        *lines, rest = bytes(self._partial).split(b"\n")
+        self._partial = bytearray(rest)
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(msg, dict):
+                continue
+            if "ready" in msg:
+                if not self.isolation and isinstance(msg["ready"], dict):
+                    self.isolation = msg["ready"]
+            elif not self.isolation:  # nothing before "ready" comes from the trusted start-up
+                continue
+            elif "program_error" in msg:
+                self.program_error = True
+            elif msg.get("loaded") is True:
+                self.loaded = True
+            elif isinstance(msg.get("reply"), int) and msg["reply"] not in self.replies:
+                self.replies[msg["reply"]] = msg
+            elif isinstance(msg.get("test"), int) and msg["test"] not in self.tests:
+                self.tests[msg["test"]] = _decode_test(msg)
+
+    def wait_until(self, done) -> bool:
+        """Pump until ``done()`` or the end of the run; whether ``done()`` holds."""
+        while not done():
+            if self.status is not None:
+                return False
+            self.pump(0.05)
+        return True
+
+    def send(self, msg: dict) -> None:
+        self._outgoing += (json.dumps(msg) + "\n").encode()
+
+    def finish(self) -> None:
+        """Let the child run to its end (closing the request channel first: unsent requests are dropped), within
+        the wall limit."""
+        if self._request_w >= 0:
+            self._outgoing.clear()
+            os.close(self._request_w)
+            self._request_w = -1
+        while self.status is None:
+            self.pump(0.05)
+
+    def result(self) -> SandboxResult:
+        status = self.status or "running"
+        if status == "ok" and self.program_error:
+            status = "program_error"
+        elif status == "ok" and not self.isolation:
+            status = "crashed"
+        tests = {} if status in ("output_limit", "result_limit") else self.tests
+        return SandboxResult(status=status, tests=tests, returncode=self.proc.poll() if self.proc else None,
+                             wall_s=time.monotonic() - self.start, isolation=self.isolation,
+                             output_tail=bytes(self._output[-2048:]).decode(errors="replace"))
+
+    def close(self) -> None:
+        """Kill everything the program started, remove what it left, release the uid."""
+        for fd in (self._request_w, self._result_r):
+            if fd >= 0:
+                os.close(fd)
+        self._request_w = self._result_r = -1
+        if self.proc is not None:
+            sweep_processes(self.slot.uid if self.slot else None, self.proc.pid)
+            self.proc.wait()
+            self.proc.stdout.close()
+        if self.slot is not None:
+            remove_files_of(self.slot.uid, full=not self.isolation.get("mountns"))
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None

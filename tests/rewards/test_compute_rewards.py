@@ -86,3 +86,112 @@ def test_bad_arguments_raise_clearly():
         compute_rewards(length_reward, ["p"], ["a"], {"answer": []})
     with pytest.raises(ValueError, match="module level"):
         compute_rewards(lambda p, c, **k: [1.0] * len(c), ["p"], ["a"], {}, num_workers=1)
+
+
+def sleepy_reward(prompts, completions, **columns):
+    """Sleeps 30 s on 'slow' (a reward that hangs), else 1.0."""
+    if "slow" in completions:
+        time.sleep(30)
+    return [1.0] * len(completions)
+
+
+def exiting_reward(prompts, completions, **columns):
+    raise SystemExit(0)
+
+
+def test_inline_timeout_abandons_the_call():
+    start = time.monotonic()
+    rewards, stats = compute_rewards(sleepy_reward, ["p"] * 3, ["a", "slow", "b"], {}, timeout_s=1.0)
+    assert time.monotonic() - start < 5
+    assert rewards == [None, None, None]  # one call for the whole batch in-process: the whole call timed out
+    assert stats["reward/timeouts"] == 3.0 and stats["reward/errors"] == 3.0 and stats["reward/interrupted"] == 0.0
+    fine, stats = compute_rewards(sleepy_reward, ["p"] * 2, ["a", "b"], {}, timeout_s=1.0)
+    assert fine == [1.0, 1.0] and stats["reward/timeouts"] == 0.0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_should_stop_interrupts_a_stuck_reward_within_seconds(num_workers):
+    asked_at = time.monotonic() + 1.0
+    start = time.monotonic()
+    rewards, stats = compute_rewards(sleepy_reward, ["p"] * 4, ["a", "slow", "b", "c"], {}, num_workers=num_workers,
+                                     chunk_size=1 if num_workers else None, timeout_s=None,
+                                     should_stop=lambda: time.monotonic() >= asked_at)
+    assert time.monotonic() - start < 4, "the stop request was not honoured within seconds"
+    assert rewards[1] is None and stats["reward/interrupted"] >= 1.0
+    assert stats["reward/interrupted"] + sum(r is not None for r in rewards) == 4
+    if num_workers:  # the other chunks finished before the stop: what was scored is kept
+        assert rewards[0] == rewards[2] == rewards[3] == 1.0
+
+
+def test_system_exit_in_a_reward_is_an_error_in_every_mode():
+    for workers in (0, 1):
+        rewards, stats = compute_rewards(exiting_reward, ["p"], ["a"], {}, num_workers=workers, timeout_s=10)
+        assert rewards == [None] and stats["reward/errors"] == 1.0
+
+
+SCRIPT = '''
+import json, os, sys
+sys.path.insert(0, {helper_dir!r})
+with open({marker!r}, "a") as f:          # top-level code: must run once, in the parent only (no __main__ guard)
+    f.write(f"{{os.getpid()}}\\n")
+from rapid.rewards import compute_rewards
+from helper_rewards import length_reward
+
+def local_reward(prompts, completions, **columns):
+    return [2.0] * len(completions)
+
+a, _ = compute_rewards(length_reward, ["p"] * 3, ["x", "yy", "zzz"], {{}}, num_workers=2, timeout_s=60)
+b, _ = compute_rewards(local_reward, ["p"] * 2, ["x", "y"], {{}}, num_workers=2, timeout_s=60)
+print(json.dumps([a, b]))
+'''
+
+
+def test_workers_never_re_execute_an_unguarded_script(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "helper_rewards.py").write_text(
+        "def length_reward(prompts, completions, **columns):\n    return [float(len(c)) for c in completions]\n")
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT.format(helper_dir=str(tmp_path), marker=str(marker)))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[1.0, 2.0, 3.0], [2.0, 2.0]]
+    assert len(marker.read_text().split()) == 1, "a worker re-ran the user's script"
+    assert "defined in the script being run" in out.stderr  # the __main__ function ran in-process, with a warning
+
+
+def raising_reward(prompts, completions, **columns):
+    raise KeyError("no such column in my verifier")
+
+
+def wrong_length_reward(prompts, completions, **columns):
+    return [1.0]
+
+
+def text_reward(prompts, completions, **columns):
+    return ["good"] * len(completions)
+
+
+def test_probe_reward_warns_on_exceptions_and_hangs_and_fails_fast_on_bugs(caplog):
+    from rapid.rewards import probe_reward
+
+    rows = [{"prompt": "p1", "answer": "1"}, {"prompt": "p2", "answer": "2"}, {"prompt": "p3", "answer": "3"}]
+    assert probe_reward(math_reward, rows, timeout_s=30) == "ok"
+    with caplog.at_level("WARNING", logger="rapid.rewards.runner"):
+        assert probe_reward(raising_reward, rows, timeout_s=30) == "error"
+    assert "raising_reward" in caplog.text and "Traceback" in caplog.text and "KeyError" in caplog.text
+    start = time.monotonic()
+    assert probe_reward(sleepy_reward, [{"prompt": "slow"}] * 2, timeout_s=1.0) == "ok"  # completions are empty
+    slow_rows = [{"prompt": "p", "hang": True}] * 2
+    assert probe_reward(lambda p, c, hang: time.sleep(30), slow_rows, timeout_s=1.0) == "timeout"
+    assert time.monotonic() - start < 6
+    with pytest.raises(ValueError, match="wrong_length_reward.*returned 1 rewards for 2"):
+        probe_reward(wrong_length_reward, rows, timeout_s=30)
+    with pytest.raises(ValueError, match="text_reward.*non-number"):
+        probe_reward(text_reward, rows, timeout_s=30)
+    assert probe_reward(lambda p, c: time.sleep(30), [{"prompt": "p"}], timeout_s=None,
+                        should_stop=lambda: True) == "stopped"

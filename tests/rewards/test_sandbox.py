@@ -50,7 +50,7 @@ def score(program: str, tests=TESTS, limits=FAST) -> float:
 def test_isolation_is_full_as_root():
     if os.geteuid() != 0:
         pytest.skip("private uid and network namespace need root")
-    assert isolation() == {"uid": True, "netns": True}
+    assert isolation() == {"uid": True, "netns": True, "ipcns": True, "mountns": True}
 
 
 def test_correct_and_partial_programs():
