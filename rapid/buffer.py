@@ -48,37 +48,14 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
     n = rollout.n
     prompts = [p for p in rollout.prompts for _ in range(n)]
     columns = {k: [row[k] for row in rows for _ in range(n)] for k in rows[0] if k != "prompt"} if rows else {}
-    import inspect
-
-    kwargs = {}
-    if should_stop is not None and "should_stop" in inspect.signature(compute_rewards).parameters:
-        kwargs["should_stop"] = should_stop
     raw, stats = compute_rewards(reward_fn, prompts, rollout.completions, columns, num_workers=num_workers,
-                                 timeout_s=timeout_s, **kwargs)
+                                 timeout_s=timeout_s, should_stop=should_stop)
     rewards = [0.0 if r is None else float(r) for r in raw]
     # reward/errors counts every sample scored 0.0 for want of a reward: exceptions, timeouts, bad returns and
     # None returned by reward_fn itself (broken down in reward/timeouts and reward/none).
     out = {"reward/errors": float(sum(r is None for r in raw))}
     out.update({k: float(v) for k, v in stats.items() if k.startswith("reward/") and k != "reward/errors"})
     return rewards, out
-
-
-def check_rewards(raw: object, expected: int) -> None:
-    """reward_fn must return a list of numbers (or None) of the right length: else ValueError naming it."""
-    try:
-        values = list(raw)                                        # type: ignore[call-overload]
-    except TypeError as err:
-        raise ValueError(f"reward_fn must return a list of floats, got {type(raw).__name__}") from err
-    if len(values) != expected:
-        raise ValueError(f"reward_fn returned {len(values)} rewards for {expected} completions")
-    for i, r in enumerate(values):
-        if r is None:
-            continue
-        if isinstance(r, bool) or not isinstance(r, (int, float)) and not (
-                isinstance(r, torch.Tensor) and r.numel() == 1):
-            raise ValueError(f"reward_fn returned a non-number at index {i}: {r!r} (use None for a failed reward)")
-        if not math.isfinite(float(r)):
-            raise ValueError(f"reward_fn returned a non-finite reward at index {i}: {r!r}")
 
 
 def plan_micro_batches(costs: list[int], group_size: int, max_tokens: int | None,

@@ -6,7 +6,6 @@ import inspect
 import random
 from typing import Callable
 
-from .buffer import check_rewards
 
 
 def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
@@ -106,20 +105,12 @@ def check_columns(rows: list[dict], reward_fn: Callable, name: str = "dataset") 
         raise ValueError(f"reward_fn requires column(s) {missing} that {name} does not have")
 
 
-def probe_reward(reward_fn: Callable, rows: list[dict], timeout_s: float | None = None) -> None:
-    """Call reward_fn once on two empty completions before any generation: wrong length / non-numbers raise;
-    an exception or a hang is a warning (``rapid.rewards.probe_reward`` when it exists)."""
-    try:
-        from .rewards import probe_reward as rewards_probe
-    except ImportError:
-        rewards_probe = None
-    if rewards_probe is not None:
-        rewards_probe(reward_fn, rows, timeout_s)
-        return
-    sample = rows[:2]
-    columns = {k: [row[k] for row in sample] for k in sample[0] if k != "prompt"}
-    out = reward_fn([row["prompt"] for row in sample], [""] * len(sample), **columns)
-    check_rewards(out, len(sample))
+def probe_reward(reward_fn: Callable, rows: list[dict], timeout_s: float | None = None) -> str:
+    """Call reward_fn once on two empty completions before any generation (``rapid.rewards.probe_reward``):
+    wrong length / non-numbers raise ValueError; an exception or a hang is a warning."""
+    from .rewards import probe_reward as rewards_probe
+
+    return rewards_probe(reward_fn, rows, timeout_s)
 
 
 def check_prompt_lengths(texts: list[str], tokenizer, limit: int | None, name: str = "dataset") -> int:

@@ -53,11 +53,11 @@ def test_reward_needs_missing_column(tiny):
 
 
 def test_reward_wrong_length(tiny):
-    _expect("reward_fn returned 1 rewards for 2 completions", tiny, reward_fn=lambda p, c, **k: [1.0])
+    _expect("reward function '<lambda>' returned 1 rewards for 2 completions", tiny, reward_fn=lambda p, c, **k: [1.0])
 
 
 def test_reward_non_numbers(tiny):
-    _expect("reward_fn returned a non-number", tiny, reward_fn=lambda p, c, **k: ["good"] * len(p))
+    _expect("reward function '<lambda>' returned a non-number", tiny, reward_fn=lambda p, c, **k: ["good"] * len(p))
 
 
 def test_reward_not_callable(tiny):
