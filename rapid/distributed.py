@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -370,8 +371,11 @@ def parallelize(module: torch.nn.Module, parallel: Parallel, compute_dtype: torc
         from torch.nn.parallel import DistributedDataParallel
 
         module.to(device)
+        # no buffer broadcast before each forward (rapid's buffers are constants); torch >= 2.13 renames the switch
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       **no_buffer_sync)
     from torch.distributed.device_mesh import DeviceMesh
 
     fully_shard, mixed_precision = _fsdp2()
