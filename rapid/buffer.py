@@ -111,6 +111,12 @@ class RolloutBuffer:
         per = self.num_groups // num_steps
         return [order[i * per:(i + 1) * per] for i in range(num_steps)]
 
+    def zero_variance(self, group: int) -> bool:
+        """All K rewards of the group are equal (no learning signal on-policy)."""
+        k = self.group_size
+        values = self.rewards[group * k:(group + 1) * k]
+        return max(values) == min(values)
+
     def sequences(self, groups: list[int]) -> list[int]:
         """Rollout positions of the groups' sequences, group by group."""
         k = self.group_size

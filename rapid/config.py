@@ -50,6 +50,10 @@ class RapidConfig:
     forward of the rollout). auto: engine for rapid (the paper's choice), recompute for grpo (as verl and TRL do)."""
     loss_norm: float | None = None
     """Constant divisor of the sequence log-prob sum; None: max_new_tokens."""
+    filter_groups: bool = False
+    """Skip groups whose rewards are all equal in the update (DAPO's dynamic sampling, without refilling): they
+    cost no forward/backward; the loss keeps the full mini-batch's normalisation, so on-policy (where their
+    advantage is exactly 0) the update is unchanged. Counted in rapid/skipped_groups."""
     adaptive_h: bool = False
     """Choose H (steps per rollout) each rollout from the importance weights' ESS / clip fraction and the measured
     phase times; prompts_per_rollout is then the largest rollout (rapid.adaptive.AdaptiveH)."""
@@ -86,6 +90,9 @@ class RapidConfig:
     top_p: float = 1.0
     """Nucleus sampling (1: off). The trainer's log π applies the same truncation (after top_k), so on-policy
     importance weights stay 1. Only these settings shape sampling: the model's generation_config is ignored."""
+    stop: list[str] | None = None
+    """Stop strings (both engines): a completion ends after the token that completes one; its text stops before
+    it; the behaviour log-probs cover exactly the kept tokens."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Render prompts with the tokenizer's chat template. Rows whose prompt is a list of {"role", "content"}
     messages always are; string prompts are wrapped as one user message when "on", or when "auto" and the model
@@ -121,9 +128,19 @@ class RapidConfig:
     save_every: int = 0
     """Checkpoint every this many rollouts (0: only at the end and on interrupt)."""
     resume: bool = False
-    """Continue from the last checkpoint in output_dir."""
+    """Continue from the newest intact checkpoint in output_dir (exactly where it stopped, even mid-rollout)."""
+    allow_config_change: bool = False
+    """Let resume continue with settings that change the maths (algo, batch sizes, lr, sampling, ...); without it
+    such a change is refused. Bookkeeping fields (num_rollouts, eval/save cadence, logging) may always change."""
     eval_every: int = 0
     """Evaluate on the eval dataset every this many rollouts (0: only before and after)."""
+    eval_samples: int = 0
+    """Besides the greedy eval/reward, sample this many completions per eval prompt (the training distribution)
+    and log eval/mean@n and the unbiased eval/pass@k (Chen et al. 2021) for k = 1, 2, 4, ... ≤ n; a sample
+    passes when its reward is >= 1. 0: greedy only."""
+    log_completions: int = 0
+    """Write up to this many prompt / completion / reward rows per rollout to output_dir/completions.jsonl, and
+    every eval generation to output_dir/eval_completions.jsonl. 0: off."""
     tensorboard: bool = False
     """Also log metrics to TensorBoard under output_dir."""
     wandb: bool = False
@@ -161,6 +178,12 @@ class RapidConfig:
                              f"plus max_new_tokens ({self.max_new_tokens})")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.stop is not None and (not isinstance(self.stop, list) or not all(
+                isinstance(x, str) and x for x in self.stop)):
+            raise ValueError(f"stop must be a list of non-empty strings or None, got {self.stop!r}")
+        for name in ("eval_samples", "log_completions"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("eta", "lr", "temperature"):
@@ -206,6 +229,11 @@ class RapidConfig:
     def effective_loss_norm(self) -> float:
         return float(self.loss_norm if self.loss_norm is not None else self.max_new_tokens)
 
+    def maths_changes(self, saved: dict) -> list[str]:
+        """Fields whose value differs from ``saved`` (a checkpoint's config) and that change what is computed."""
+        return sorted(name for name, value in self.to_dict().items()
+                      if name not in RESUMABLE_FIELDS and name in saved and saved[name] != value)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -216,6 +244,16 @@ class RapidConfig:
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+# Fields a resumed run may change freely: how long, how often it logs / saves / evaluates, where things go, and
+# systems settings whose results are exact either way (micro-batching, engine batch caps, kernels).
+RESUMABLE_FIELDS = frozenset({
+    "num_rollouts", "output_dir", "resume", "allow_config_change", "save_every", "eval_every", "eval_samples",
+    "tensorboard", "wandb", "keep_checkpoints", "max_train_seconds", "progress_bar", "reward_workers",
+    "reward_timeout_s", "micro_batch_size", "micro_batch_tokens", "max_num_seqs", "kernel_backend",
+    "gradient_checkpointing", "gpu_memory_utilization", "enforce_eager", "log_completions", "extra",
+})
 
 
 def _check_types(cfg: RapidConfig) -> None:

@@ -145,10 +145,33 @@ def read_metrics(output_dir: str) -> list[dict]:
     return records
 
 
+COMPLETIONS_FILE = "completions.jsonl"
+EVAL_COMPLETIONS_FILE = "eval_completions.jsonl"
+
+
+class CompletionLog:
+    """Sampled training completions and every eval generation, as JSONL rows tagged with their rollout."""
+
+    def __init__(self, output_dir: str | None) -> None:
+        self.output_dir = output_dir
+
+    def write(self, rows: list[dict], rollout: int, eval_: bool = False) -> None:
+        if self.output_dir is None or not rows:
+            return
+        name = EVAL_COMPLETIONS_FILE if eval_ else COMPLETIONS_FILE
+        with open(os.path.join(self.output_dir, name), "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps({"rollout": rollout, **{k: _jsonable(v) for k, v in row.items()}}) + "\n")
+
+
 def truncate_metrics(output_dir: str, last_rollout: int) -> int:
-    """Drop the step records after ``last_rollout`` from metrics.jsonl (a resumed run replays those rollouts), so
-    every rollout appears once. Rewritten atomically; returns the number of records dropped."""
-    path = os.path.join(output_dir, METRICS_FILE)
+    """Drop the records after ``last_rollout`` from metrics.jsonl and the completion logs (a resumed run replays
+    those rollouts), so every rollout appears once. Rewritten atomically; returns the number of records dropped."""
+    return sum(_truncate(os.path.join(output_dir, name), last_rollout)
+               for name in (METRICS_FILE, COMPLETIONS_FILE, EVAL_COMPLETIONS_FILE))
+
+
+def _truncate(path: str, last_rollout: int) -> int:
     if not os.path.exists(path):
         return 0
     kept, dropped = [], 0
@@ -161,7 +184,8 @@ def truncate_metrics(output_dir: str, last_rollout: int) -> int:
             except json.JSONDecodeError:          # a line cut by the crash
                 dropped += 1
                 continue
-            if "step" in record and int(record.get("rollout", record["step"])) > last_rollout:
+            rollout = record.get("rollout", record.get("step"))
+            if rollout is not None and "config" not in record and int(rollout) > last_rollout:
                 dropped += 1
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
@@ -172,5 +196,6 @@ def truncate_metrics(output_dir: str, last_rollout: int) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     if dropped:
-        logger.info("metrics.jsonl: dropped %d record(s) after rollout %d (replayed on resume)", dropped, last_rollout)
+        logger.info("%s: dropped %d record(s) after rollout %d (replayed on resume)", os.path.basename(path),
+                    dropped, last_rollout)
     return dropped

@@ -29,6 +29,7 @@ def rollout_sampling(cfg: RapidConfig, rollout_index: int, first_key: int, num_p
     """The behaviour distribution of a training rollout (only RapidConfig's settings shape it)."""
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                           top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + rollout_index,
+                          stop=tuple(cfg.stop) if cfg.stop else None,
                           prompt_keys=tuple(range(first_key, first_key + num_prompts)))
 
 
@@ -68,29 +69,74 @@ def rollout_metrics(buffer: RolloutBuffer, info: RolloutInfo, step_stats: list[d
         "response_length/max": float(max(lengths)),
         "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
     }
-    for key in step_stats[0] if step_stats else ():
+    keys = list(dict.fromkeys(k for s in step_stats for k in s))
+    for key in keys:
         values = [s[key] for s in step_stats if key in s]
         metrics[key] = max(values) if key.endswith("_max") else statistics.fmean(values)
-    if step_stats:
-        metrics["rapid/engine_logprob_diff"] = step_stats[0]["engine_logprob_diff"]   # before any update
-        metrics.pop("engine_logprob_diff", None)
+    metrics.pop("engine_logprob_diff", None)
+    trained = [s for s in step_stats if "rapid/w_mean" in s]        # steps that ran a forward
+    if trained:
+        metrics["rapid/engine_logprob_diff"] = trained[0]["engine_logprob_diff"]   # before any update
         for key in ("rapid/ess", "rapid/clip_frac"):
-            if key in step_stats[-1]:
-                metrics[key + "_last"] = step_stats[-1][key]                            # the stalest step
+            if key in trained[-1]:
+                metrics[key + "_last"] = trained[-1][key]                               # the stalest step
     return metrics
 
 
-def evaluate_rewards(engine, model, rows: list[dict], texts: list[str], reward_fn, cfg: RapidConfig) -> dict:
-    """Greedy decoding of every eval prompt (in engine calls of ``max_num_seqs``); the mean reward is
-    ``eval/reward`` (accuracy for 0/1 rewards)."""
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
+def evaluate_rewards(engine, model, rows: list[dict], texts: list[str], reward_fn, cfg: RapidConfig,
+                     samples: list[dict] | None = None) -> dict:
+    """Greedy decoding of every eval prompt (``eval/reward``, the accuracy for 0/1 rewards), and with
+    ``cfg.eval_samples = n`` also n samples per prompt from the training distribution: ``eval/mean@n`` and the
+    unbiased ``eval/pass@k`` (a sample passes when its reward is >= 1). Engine calls are chunked by the engine
+    (``max_num_seqs``). ``samples``, when given, receives one row per generation (for eval_completions.jsonl)."""
+    from .rewards import pass_at_k
+
+    stop = tuple(cfg.stop) if cfg.stop else None
     engine.wake()
     engine.sync_weights(model)
-    rollout = engine.generate(texts, 1, sampling)
+    greedy = engine.generate(texts, 1, SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                                                      seed=cfg.seed, stop=stop))
+    sampled = None
+    if cfg.eval_samples:
+        sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                  top_p=cfg.top_p, seed=cfg.seed * 1_000_003 - 1, stop=stop,
+                                  prompt_keys=tuple(range(len(texts))))
+        sampled = engine.generate(texts, cfg.eval_samples, sampling)
     engine.sleep()
-    rewards, reward_stats = score_rows(reward_fn, cfg, rollout, rows)
-    return {"eval/reward": statistics.fmean(rewards), "eval/errors": reward_stats["reward/errors"],
-            "eval/response_length": statistics.fmean(len(c) for c in rollout.completion_ids)}
+    rewards, reward_stats = score_rows(reward_fn, cfg, greedy, rows)
+    metrics = {"eval/reward": statistics.fmean(rewards), "eval/errors": reward_stats["reward/errors"],
+               "eval/response_length": statistics.fmean(len(c) for c in greedy.completion_ids)}
+    _record(samples, "greedy", rows, greedy, rewards)
+    if sampled is not None:
+        n = cfg.eval_samples
+        s_rewards, _ = score_rows(reward_fn, cfg, sampled, rows)
+        metrics[f"eval/mean@{n}"] = statistics.fmean(s_rewards)
+        correct = [sum(r >= 1.0 for r in s_rewards[i * n:(i + 1) * n]) for i in range(len(rows))]
+        k = 1
+        while k <= n:
+            metrics[f"eval/pass@{k}"] = statistics.fmean(pass_at_k(n, c, k) for c in correct)
+            k *= 2
+        _record(samples, "sampled", rows, sampled, s_rewards)
+    return metrics
+
+
+def _record(samples: list[dict] | None, kind: str, rows: list[dict], rollout, rewards: list[float]) -> None:
+    if samples is None:
+        return
+    for i, (text, reward) in enumerate(zip(rollout.completions, rewards)):
+        samples.append({"kind": kind, "prompt": rows[i // rollout.n]["prompt"], "completion": text,
+                        "reward": reward, "tokens": len(rollout.completion_ids[i])})
+
+
+def completion_rows(buffer: RolloutBuffer, info: RolloutInfo, limit: int, seed: int) -> list[dict]:
+    """Up to ``limit`` (prompt, completion, reward) rows of a rollout, a seeded sample, for completions.jsonl."""
+    import random
+
+    rollout = buffer.rollout
+    picked = sorted(random.Random(seed).sample(range(len(buffer.rewards)), min(limit, len(buffer.rewards))))
+    return [{"prompt": info.rows[i // rollout.n]["prompt"], "completion": rollout.completions[i],
+             "reward": buffer.rewards[i], "tokens": len(rollout.completion_ids[i]),
+             "finished": bool(rollout.finished[i]) if rollout.finished else None} for i in picked]
 
 
 def _with_prompts(rollout, rows: list[dict]):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,10 +41,11 @@ from . import checkpoint, data
 from .adaptive import AdaptiveH
 from .config import RapidConfig
 from .engines import make_engine
+from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
 from .model_utils import apply_peft, context_length, load_model, load_tokenizer, training_device
 from .policy import Policy
-from .rollout import collect_rollout, evaluate_rewards, rollout_metrics, rollout_sampling
+from .rollout import collect_rollout, completion_rows, evaluate_rewards, rollout_metrics, rollout_sampling
 from .update import recompute_behavior, update
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,13 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     if cfg.micro_batch_tokens is not None and longest + cfg.max_new_tokens > cfg.micro_batch_tokens:
         raise ValueError(f"micro_batch_tokens ({cfg.micro_batch_tokens}) is smaller than the longest prompt "
                          f"({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}): one sequence must fit")
-    data.probe_reward(reward_fn, rows, cfg.reward_timeout_s)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    if out_dir is not None:
+        check_output_dir(out_dir)
+    last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
+    if last is not None:
+        check_resume_config(cfg, last)
+    data.probe_reward(reward_fn, rows, cfg.reward_timeout_s)
     logger.info("rapid config: %s", json.dumps(cfg.to_dict(), default=str))
 
     # ---- seed, model, policy, engine, profiler ------------------------------------------------------------------
@@ -131,15 +138,16 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     summary: list[str | None] = []                # the profiler's table, filled when it closes
     with contextlib.ExitStack() as cleanup:
         engine = make_engine(cfg, model, tokenizer, out_dir, dtype=policy.compute_dtype)
-        cleanup.callback(engine.close)         # also on errors: a leaked vLLM engine breaks the next one
+        cleanup.callback(_quietly, engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
         profiler = make_profiler(device, out_dir, policy.num_params)
-        cleanup.callback(lambda: summary.append(profiler.close()))
+        cleanup.callback(_quietly, lambda: summary.append(_close_profiler(profiler)), "writing the profile")
         controller = AdaptiveH(cfg) if cfg.adaptive_h else None
+        completions = CompletionLog(str(out_dir) if out_dir and cfg.log_completions else None)
+        no_signal = 0                              # consecutive rollouts in which every group had equal rewards
 
         # ---- resume ----------------------------------------------------------------------------------------------
         state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": [],
                  "pending": None}
-        last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
         if cfg.resume and last is None:
             logger.warning("resume=True but no checkpoint under %s: starting fresh", out_dir)
         if last is not None:
@@ -150,7 +158,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         history: list[dict] = state["history"]
         sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                            resume_rollout=state["rollout"] if last is not None else None)
-        cleanup.callback(sink.close)
+        cleanup.callback(_quietly, sink.close, "closing the metrics log")
         sampler = data.PromptSampler(rows, cfg.seed, state["prompts_consumed"])
 
         def save() -> None:
@@ -170,7 +178,9 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     metrics.update({k if k.startswith("eval/") else f"eval/{k}": float(v)
                                     for k, v in eval_fn(model, tokenizer).items()})
                 if eval_rows is not None:
-                    metrics.update(evaluate_rewards(engine, model, eval_rows, eval_texts, reward_fn, cfg))
+                    samples: list[dict] | None = [] if completions.output_dir else None
+                    metrics.update(evaluate_rewards(engine, model, eval_rows, eval_texts, reward_fn, cfg, samples))
+                    completions.write(samples or [], state["rollout"], eval_=True)
             return metrics
 
         # ---- the loop -------------------------------------------------------------------------------------------
@@ -222,6 +232,13 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     break
                 state["pending"] = None
                 state["rollout"] += 1
+                buffer, info = pending["buffer"], pending["info"]
+                if cfg.log_completions:
+                    completions.write(completion_rows(buffer, info, cfg.log_completions, cfg.seed + state["rollout"]),
+                                      state["rollout"])
+                no_signal = no_signal + 1 if all(map(buffer.zero_variance, range(buffer.num_groups))) else 0
+                if no_signal == NO_SIGNAL_WARN_AFTER or (no_signal and no_signal % 10 == 0):
+                    warn_no_signal(no_signal, buffer.rewards)
                 metrics = profiler.end_rollout()
                 metrics.update(rollout_metrics(pending["buffer"], pending["info"], pending["step_stats"]))
                 metrics.update({"rollout": state["rollout"], "global_step": state["global_step"],
@@ -248,11 +265,76 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                           **evaluate()})
             save()
     if out_dir is not None and not interrupted:
-        model.save_pretrained(out_dir / "model")
-        tokenizer.save_pretrained(out_dir / "model")
+        save_final_model(model, tokenizer, out_dir)
     return TrainResult(model=model, tokenizer=tokenizer, history=history,
                        output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,
                        profile_summary=summary[0] if summary else None)
+
+
+NO_SIGNAL_WARN_AFTER = 3
+
+
+def warn_no_signal(rollouts: int, rewards: list[float]) -> None:
+    logger.warning(
+        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's %d samples got the same reward "
+        "(reward/mean %.3f), so every advantage is zero and the model does not change. Check the reward function "
+        "on a few completions (log_completions=8 writes them to completions.jsonl), raise temperature or "
+        "group_size, or start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
+        rollouts, len(rewards), sum(rewards) / max(len(rewards), 1))
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """output_dir must be a directory we can write (checked before any model loads)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output_dir {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".rapid-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output_dir {out_dir} is not writable: {err}") from err
+
+
+def check_resume_config(cfg: RapidConfig, last: Path) -> None:
+    """Refuse to resume with settings that change the maths, unless allow_config_change."""
+    saved_path = last / "config.json"
+    if not saved_path.exists():
+        return
+    changed = cfg.maths_changes(json.loads(saved_path.read_text()))
+    if changed and not cfg.allow_config_change:
+        raise ValueError(f"resume: the config differs from the checkpoint's ({last.name}) in {', '.join(changed)}, "
+                         "which changes the maths of the run; pass allow_config_change=True "
+                         "(--allow-config-change) to continue anyway, or use another output_dir")
+
+
+def save_final_model(model, tokenizer, out_dir: Path) -> None:
+    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads. A LoRA run also
+    writes the adapter alone to ``output_dir/adapter``; ``model`` then holds the merged weights."""
+    target = model
+    if hasattr(model, "peft_config"):
+        import copy
+
+        model.save_pretrained(out_dir / "adapter")
+        target = copy.deepcopy(model).merge_and_unload()
+    target.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+
+
+def _quietly(fn, what: str) -> None:
+    """Clean-up never masks the error that ended the run: its own failure is logged, not raised."""
+    try:
+        fn()
+    except Exception:                     # noqa: BLE001 — any clean-up failure is secondary to the run's outcome
+        logger.exception("clean-up failed while %s", what)
+
+
+def _close_profiler(profiler) -> str | None:
+    """Write the profile only when this session completed a rollout: a run that failed at once must not
+    overwrite the profile of the run it tried to resume."""
+    if not profiler.rollouts:
+        profiler.output_dir = None
+    return profiler.close()
 
 
 def seed_everything(seed: int) -> None:

@@ -37,11 +37,17 @@ def update(policy: Policy, buffer: RolloutBuffer, h: int, seed: int, start: int 
     for j, groups in enumerate(buffer.minibatches(h, seed)):
         if j < start:
             continue
-        micro, split = buffer.micro_batches(buffer.sequences(groups), cfg.micro_batch_tokens, cfg.micro_batch_size,
+        total = _normaliser(cfg.algo, buffer, groups)     # of the whole mini-batch, skipped groups included
+        kept = [g for g in groups if not buffer.zero_variance(g)] if cfg.filter_groups else groups
+        micro, split = buffer.micro_batches(buffer.sequences(kept), cfg.micro_batch_tokens, cfg.micro_batch_size,
                                             policy.device)
-        stats = two_phase_step(policy, micro) if split else one_phase_step(policy, micro)
+        if not micro:
+            stats = _empty_step(policy)                   # every group skipped: the optimizer still steps
+        else:
+            stats = two_phase_step(policy, micro, total) if split else one_phase_step(policy, micro, total)
         stats["rapid/staleness"] = float(j)              # optimizer steps since the rollout's weights
         stats["rapid/split_groups"] = float(split)
+        stats["rapid/skipped_groups"] = float(len(groups) - len(kept))
         step_stats.append(stats)
         tokens += sum(mb.num_tokens for mb in micro)
         if on_step is not None and on_step(j, stats) is False:
@@ -49,11 +55,27 @@ def update(policy: Policy, buffer: RolloutBuffer, h: int, seed: int, start: int 
     return step_stats, tokens
 
 
-def one_phase_step(policy: Policy, micro: list[MicroBatch]) -> dict[str, float]:
+def _normaliser(algo: str, buffer: RolloutBuffer, groups: list[int]) -> int:
+    """What the mini-batch loss divides by: its sequences (rapid, grpg) or completion tokens (grpo)."""
+    seqs = buffer.sequences(groups)
+    if algo == "grpo":
+        return max(1, sum(len(buffer.rollout.completion_ids[s]) for s in seqs))
+    return max(1, len(seqs))
+
+
+def _empty_step(policy: Policy) -> dict[str, float]:
+    """A mini-batch whose groups were all skipped: zero gradient, but AdamW's step (momentum, decay) still runs,
+    so filtering changes nothing on-policy."""
+    for p in policy.params:
+        p.grad = torch.zeros_like(p)
+    return _finish(policy, {}, {}, 0.0, 0)
+
+
+def one_phase_step(policy: Policy, micro: list[MicroBatch], total: int | None = None) -> dict[str, float]:
     """Whole groups per micro-batch: loss per micro-batch, weighted by its share of the mini-batch."""
     cfg = policy.cfg
     counts = [mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro]
-    total = max(sum(counts), 1)
+    total = total or max(sum(counts), 1)
     sums: dict[str, torch.Tensor] = {}          # count-weighted diagnostics, kept on the device until the end
     maxima: dict[str, torch.Tensor] = {}
     diff_sum: torch.Tensor | float = 0.0
@@ -67,13 +89,16 @@ def one_phase_step(policy: Policy, micro: list[MicroBatch]) -> dict[str, float]:
     return _finish(policy, sums, maxima, diff_sum, sum(mb.batch.num_tokens for mb in micro))
 
 
-def two_phase_step(policy: Policy, micro: list[MicroBatch]) -> dict[str, float]:
+def two_phase_step(policy: Policy, micro: list[MicroBatch], total: int | None = None) -> dict[str, float]:
     """A micro-batch splits a group: fix the per-token coefficients first, then backpropagate them."""
     with torch.no_grad():
         logprobs = [policy(mb, "logprobs") for mb in micro]                                    # each (N_i,)
     full = _concat([mb.batch for mb in micro])
     lp = torch.cat(logprobs)                                                                   # (N,)
     grad, res = algorithms.token_coefficients(policy.cfg, full, lp)                            # (N,)
+    own = full.num_tokens if policy.cfg.algo == "grpo" else full.num_seqs
+    if total is not None and total != own:                 # skipped groups still count in the normalisation
+        grad = grad * (own / total)
     offset = 0
     for i, mb in enumerate(micro):
         n = mb.batch.num_tokens

@@ -17,6 +17,7 @@ class SamplingConfig:
     top_k: int = 0                     # 0: off
     top_p: float = 1.0
     seed: int | None = None            # base of the per-completion seeds (None: random)
+    stop: tuple[str, ...] | None = None  # stop strings: the completion ends after the token completing one
     prompt_keys: tuple[int, ...] | None = None
     """A stable identity per prompt (its position in the global rollout): completion j of the prompt with key p is
     drawn with seed hash(seed, p, j), whatever the batch, chunking, rank or process that generates it."""

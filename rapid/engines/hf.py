@@ -33,16 +33,26 @@ logger = logging.getLogger(__name__)
 
 
 class _Sampler(LogitsProcessor):
-    """Samples each step itself and records log μ(sampled token) of the processed distribution."""
+    """Samples each step itself and records log μ(sampled token) of the processed distribution.
 
-    def __init__(self, sampling: SamplingConfig, seeds: torch.Tensor) -> None:
+    Stop strings: after each draw the tail of every running row is decoded; a row whose text now contains a stop
+    string keeps ``cut[b]`` tokens and is sent EOS next (so ``generate`` stops computing it; the forced EOS is
+    cut off again afterwards).
+    """
+
+    def __init__(self, sampling: SamplingConfig, seeds: torch.Tensor, tokenizer=None, eos_id: int = 0) -> None:
         self.sampling = sampling
         self.seeds = seeds                      # (B,) int64 per-row seeds
         self.tokens: list[torch.Tensor] = []    # per step (B,) int64
         self.logprobs: list[torch.Tensor] = []  # per step (B,) fp32
+        self.stop = list(sampling.stop or ())
+        self.tokenizer, self.eos_id = tokenizer, eos_id
+        self.cut: list[int | None] = [None] * len(seeds)     # kept length of rows ended by a stop string
+        self._window = max((len(x) for x in self.stop), default=0) + 4
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         s = self.sampling
+        self._check_stops()
         raw = scores.float()                                                          # (B, V)
         if s.temperature == 0:                                                        # greedy (evaluation)
             z = raw
@@ -50,11 +60,25 @@ class _Sampler(LogitsProcessor):
         else:
             z = smp.truncate(raw / s.temperature, s.top_k, s.top_p)                   # (B, V)
             token = smp.sample(z, self.seeds.to(z.device), len(self.tokens))          # (B,)
+        if self.stop:
+            done = [b for b, c in enumerate(self.cut) if c is not None]
+            if done:
+                token[done] = self.eos_id                                             # stopped rows: end them
         logp = torch.log_softmax(z, dim=-1).gather(1, token[:, None]).squeeze(1)      # (B,)
         self.tokens.append(token)
         self.logprobs.append(logp)
         forced = torch.full_like(scores, float("-inf"))
         return forced.scatter_(1, token[:, None], 0.0)                                # argmax = the draw
+
+    def _check_stops(self) -> None:
+        if not self.stop or not self.tokens:
+            return
+        tail = torch.stack(self.tokens[-self._window:], 1).tolist()                   # (B, ≤ window)
+        for b, row in enumerate(tail):
+            if self.cut[b] is None:
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                if any(x in text for x in self.stop):
+                    self.cut[b] = len(self.tokens)
 
 
 class HFEngine:
@@ -114,6 +138,8 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         completions = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        if sampling.stop:
+            completions = [_before_stop(text, sampling.stop) for text in completions]
         stats = {"gen_seconds": time.perf_counter() - start,
                  "gen_tokens": float(sum(len(c) for c in completion_ids))}
         return Rollout(prompts=list(prompts), prompt_ids=prompt_ids, completion_ids=completion_ids,
@@ -134,20 +160,23 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)  # (B, P)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids],
                                       device=self.device)                                              # (B, P)
-        sampler = _Sampler(sampling, seeds)
+        sampler = _Sampler(sampling, seeds, self.tokenizer, self.eos_ids[0])
         gen_config = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
                                       eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id)
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                         generation_config=gen_config,
                                         logits_processor=LogitsProcessorList([sampler]))           # (B, P+T)
+        sampler._check_stops()                      # a stop string completed by the last drawn token
         new_tokens = sequences[:, width:].cpu()                                                     # (B, T)
         steps = new_tokens.shape[1]
         drawn = torch.stack(sampler.tokens[:steps], 1).cpu() if steps else new_tokens             # (B, T)
         token_lp = torch.stack(sampler.logprobs[:steps], 1).float().cpu() if steps else new_tokens.float()
         ids_out, lps_out, fin_out = [], [], []
         eos = set(self.eos_ids)
-        for row, drawn_row, lp_row in zip(new_tokens.tolist(), drawn.tolist(), token_lp):
+        for row, drawn_row, lp_row, cut in zip(new_tokens.tolist(), drawn.tolist(), token_lp, sampler.cut):
             end = next((i + 1 for i, t in enumerate(row) if t in eos), None)   # keep EOS, drop what follows
+            if cut is not None and (end is None or cut < end):
+                end = cut                                                      # ended by a stop string
             length = end if end is not None else len(row)
             if row[:length] != drawn_row[:length]:
                 raise RuntimeError("transformers generate returned tokens the rapid sampler did not draw: a logits "
@@ -156,6 +185,12 @@ class HFEngine:
             lps_out.append(lp_row[:length].contiguous())
             fin_out.append(end is not None)
         return ids_out, lps_out, fin_out
+
+
+def _before_stop(text: str, stop) -> str:
+    """The completion's text up to (not including) the first stop string, as vLLM returns it."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[:min(cuts)] if cuts else text
 
 
 @contextlib.contextmanager

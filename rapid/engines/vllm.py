@@ -171,7 +171,8 @@ class VLLMEngine:
         # top_k and top_p shape the behaviour distribution the trainer's log π reproduces.
         params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                  min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-                                 min_tokens=0, max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
+                                 min_tokens=0, max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed,
+                                 stop=list(sampling.stop) if sampling.stop else None)
                   for seed in seeds]
         start = time.perf_counter()
         try:

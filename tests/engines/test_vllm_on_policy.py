@@ -23,7 +23,7 @@ from rapid.tiny import build_tiny, save_tiny
 pytestmark = pytest.mark.vllm
 
 SETTINGS = [dict(temperature=1.0), dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8),
-            dict(temperature=0.7, top_k=20, top_p=0.9)]
+            dict(temperature=0.7, top_k=20, top_p=0.9), dict(temperature=0.9, stop=["a", "5"])]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,11 @@ def test_vllm_on_policy_weights_are_one(setup, setting):
     cu = mb.batch.cu_seqlens.tolist()
     log_w = torch.stack([(trainer_lp - engine_lp)[a:b].sum() for a, b in zip(cu[:-1], cu[1:])])    # (S,)
     assert log_w.abs().max() < 5e-4
+    if "stop" in setting:                                         # text cut before the stop, tokens through it
+        assert not any(x in t for t in rollout.completions for x in setting["stop"])
+        text = lambda ids: tok.decode(ids, skip_special_tokens=True)    # noqa: E731
+        ended = [ids for ids in rollout.completion_ids if any(x in text(ids) for x in setting["stop"])]
+        assert ended and all(not any(x in text(ids[:-1]) for x in setting["stop"]) for ids in ended)
     if setting.get("top_k") or setting.get("top_p", 1.0) < 1:     # the truncated distribution, not the full one
         full = PolicyLoss(model, RapidConfig(max_new_tokens=8, group_size=4, kernel_backend="torch",
                                              temperature=setting.get("temperature", 1.0)), torch.float32)
