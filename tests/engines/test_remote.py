@@ -110,6 +110,25 @@ def test_sync_weights_versions_and_exact_weights(engine, trainer):
     assert_same_rollout(engine.generate(PROMPTS, 2, SAMPLING), before)
 
 
+def test_lora_model_syncs_its_merged_weights(engine, trainer):
+    """A peft LoRA model has the base model's HF names; the child generates from base + B·A (peft's own merge)."""
+    peft = pytest.importorskip("peft")
+    model, tok = trainer
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj",
+                                                                                                    "v_proj"]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)                  # B = 0 at init would make the delta vanish
+    merged = copy.deepcopy(lora).merge_and_unload()
+    version = engine.sync_weights(lora)
+    rollout = engine.generate(PROMPTS, 2, SAMPLING)
+    assert rollout.stats["weights_version"] == version
+    assert_same_rollout(rollout, in_process(merged, tok))
+    assert rollout.completion_ids != in_process(model, tok).completion_ids
+    engine.sync_weights(model)
+
+
 def test_submit_is_async_and_sync_waits_for_the_boundary(engine, trainer):
     model, _ = trainer
     first = engine.submit(PROMPTS, 2, SAMPLING)
