@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CodeReward", "assemble_program", "code_reward", "code_tests_reward", "extract_program", "judge_test",
            "run_tests", "split_test", "classify_tests"]
 
+_COMPILE_LOCK = threading.Lock()
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -78,6 +81,19 @@ def classify_tests(tests: object) -> str:
 def run_tests(program: str, tests: list[str], limits: SandboxLimits | None = None, setup_code: str = "") -> list[bool]:
     """Per-test pass/fail of ``program`` (already extracted) against assert ``tests``."""
     return run_asserts(f"{setup_code}\n{program}" if setup_code else program, tests, limits)
+
+
+def _compiles(source: str) -> bool:
+    """Whether ``source`` compiles (compiling runs none of it; CPython bounds nesting and reports it as an error).
+    Its SyntaxWarnings are silenced (under a lock: the warning filters are process-wide) so generated code cannot
+    flood the trainer's stderr."""
+    with _COMPILE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            compile(source, "<solution>", "exec")
+        except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+            return False
+    return True
 
 
 def _per_item(value, n: int, name: str) -> list:
@@ -128,6 +144,8 @@ def code_tests_reward(completions: list[str], tests: Sequence[list[str] | str | 
 
     def score(i: int) -> float:
         program = assemble_program(completions[i], prompts[i], entries[i])
+        if not _compiles(f"{setups[i]}\n{program}" if setups[i] else program):
+            return 0.0  # it cannot pass anything: no sandbox needed (most early-training samples)
         if kinds[i] == "program":
             source = f"{setups[i]}\n{program}" if setups[i] else program
             return float(run_test_program(source, tests[i], entries[i], limits, prompts[i] or "", setups[i] or ""))
