@@ -147,12 +147,24 @@ def package_locations(names: tuple[str, ...]) -> dict[str, str]:
 
 _KEEP = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/dev", "/proc", "/sys", "/tmp",
          "/run", "/var/tmp", "/var/run", "/var/lock")
-_HIDDEN: list[str] | None = None
+_HIDDEN: dict[bool, list[str]] = {}
 
 
-def _cover(path: str, keep: tuple[str, ...]) -> list[str]:
-    """Paths to cover so nothing under ``path`` stays visible except the ``keep`` paths (and the way to them)."""
+def _closed_to_others(path: str) -> bool:
+    """Whether a private uid could not get in anyway: a directory others cannot search, a file they cannot read."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return True
+    return not st.st_mode & (0o001 if os.path.isdir(path) else 0o004)
+
+
+def _cover(path: str, keep: tuple[str, ...], private_uid: bool) -> list[str]:
+    """Paths to cover so nothing under ``path`` stays visible except the ``keep`` paths (and the way to them);
+    with ``private_uid``, paths that uid could not open anyway are left alone (fewer mounts per program)."""
     if any(path == k or path.startswith(k.rstrip("/") + "/") for k in keep):
+        return []
+    if private_uid and _closed_to_others(path):
         return []
     if not any(k.startswith(path.rstrip("/") + "/") for k in keep):
         return [path]
@@ -160,28 +172,27 @@ def _cover(path: str, keep: tuple[str, ...]) -> list[str]:
         entries = [e for e in os.scandir(path) if not e.is_symlink()]
     except OSError:
         return []
-    return [p for e in entries for p in _cover(e.path, keep)]
+    return [p for e in entries for p in _cover(e.path, keep, private_uid)]
 
 
-def hidden_paths() -> list[str]:
+def hidden_paths(private_uid: bool = True) -> list[str]:
     """What a sandboxed program must not see (covered in its mount namespace): everything outside the system
     directories (/usr, /etc, /lib*, ...) and the interpreter's own installation, plus — even inside those — this
     environment's site-packages, the working directory, home and the Hugging Face cache: wherever test files,
-    datasets and code live. Computed once per process."""
-    global _HIDDEN
-    if _HIDDEN is None:
+    datasets and code live. ``private_uid``: the program runs under a uid of its own, so what others cannot open
+    needs no cover. Computed once per process."""
+    if private_uid not in _HIDDEN:
         keep = (*_KEEP, tempfile.gettempdir(), os.path.realpath(sys.base_prefix))
         base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
         extra = [p for p in (sys.prefix, *site.getsitepackages(), site.getusersitepackages(), base["purelib"],
-                             base["platlib"], os.getcwd(),
-                             os.path.expanduser("~"), os.environ.get("HF_HOME"), os.environ.get("XDG_CACHE_HOME"))
-                 if p and os.path.exists(p)]
-        paths = set(_cover("/", keep))
+                             base["platlib"], os.getcwd(), os.path.expanduser("~"), os.environ.get("HF_HOME"),
+                             os.environ.get("XDG_CACHE_HOME")) if p and os.path.exists(p)]
+        paths = set(_cover("/", keep, private_uid))
         for path in {os.path.realpath(p) for p in extra}:
             inside = [k for k in keep if path == k or path.startswith(k.rstrip("/") + "/")]
             # under a system directory (e.g. /usr/lib/python3/dist-packages): covered all the same, but never the
             # system directory itself nor the interpreter's installation
-            paths.update(_cover(path, tuple(k for k in keep if k not in inside)) if inside else _cover(path, keep))
+            paths.update(_cover(path, tuple(k for k in keep if k not in inside), private_uid))
         ordered = sorted(paths)
-        _HIDDEN = [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered)]
-    return list(_HIDDEN)
+        _HIDDEN[private_uid] = [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered)]
+    return list(_HIDDEN[private_uid])

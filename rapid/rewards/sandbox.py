@@ -205,7 +205,7 @@ class _Session:
             packages = package_locations(limits.packages)
             request = {**request, "result_fd": result_w, "request_fd": request_r, "netns": True, "mountns": mountns,
                        "landlock": LANDLOCK,
-                       "hide": hidden_paths() if mountns else [],
+                       "hide": hidden_paths(private_uid=self.slot is not None) if mountns else [],
                        "uid": self.slot.uid if self.slot else None, "packages": packages,
                        "limits": {"cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
                                   "as_bytes": limits.memory_mb << 20, "fsize_bytes": limits.file_mb << 20,
