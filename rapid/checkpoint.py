@@ -194,7 +194,9 @@ def _together(d: Dist, what: str, fn: Callable[[], Any]) -> list[Any]:
 def save_checkpoint(root: str | Path, rollout: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config: dict, *, keep: int = 2, dist: Dist | None = None,
                     scheduler=None, rank_state: Any = None) -> Path:
-    """Write checkpoint ``rollout`` atomically under ``root`` (collective); keep the newest ``keep`` intact ones.
+    """Write checkpoint ``rollout`` atomically under ``root`` (collective); keep the newest ``keep`` intact ones
+    (``keep <= 0``: keep all). ``model`` is the module holding the parameters: the HF model, or the (DDP / FSDP2
+    wrapped) loss module around it; ``trainer_state`` is taken from rank 0.
 
     ``trainer_state`` (rank 0's, picklable) comes back from ``load_checkpoint``; ``rank_state`` (each rank's own,
     e.g. its share of a rollout buffer) from ``load_rank_state``. Returns the final path on every rank.
