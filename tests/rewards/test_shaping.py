@@ -16,8 +16,9 @@ def closed_form(n: int, c: int, k: int) -> Fraction:
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 16, 37, 200])
 def test_pass_at_k_matches_the_closed_form(n):
-    for c in range(n + 1):
-        for k in range(1, n + 1):
+    step = max(1, n // 25)  # every count for small n, a grid for n = 200 (the exact binomials are slow)
+    for c in [*range(0, n + 1, step), n]:
+        for k in [*range(1, n + 1, step), n]:
             assert pass_at_k(n, c, k) == pytest.approx(float(closed_form(n, c, k)), abs=1e-12, rel=1e-12)
 
 
