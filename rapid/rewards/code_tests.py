@@ -27,6 +27,7 @@ from typing import Sequence
 
 from .code_judges import (compile_test_program, judge_test, run_asserts, run_stdio_cases, run_test_program,
                           split_test)
+from ._sandbox_host import package_locations
 from .sandbox import SandboxLimits
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def code_tests_reward(completions: list[str], tests: Sequence[list[str] | str | 
             raise ValueError(f"tests[{i}]: {exc}") from exc
     if limits is None:
         limits = SandboxLimits(timeout_s=timeout_s, packages=tuple(packages))
+    package_locations(limits.packages)  # a package that is not installed: ValueError now, not per program
 
     def score(i: int) -> float:
         program = assemble_program(completions[i], prompts[i], entries[i])

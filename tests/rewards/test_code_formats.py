@@ -121,9 +121,10 @@ def test_bad_test_specs_fail_early_naming_the_argument():
         code_tests_reward(["x"], [[{"input": "1"}]])
     with pytest.raises(ValueError, match="entry_point has 2 entries"):
         code_tests_reward(["x"], [CHECK], entry_point=["f", "g"])
-    with pytest.raises(ValueError, match="packages"):
-        SandboxLimits(packages=("no_such_package_xyz",)).packages and code_tests_reward(
-            ["x"], [["assert f() == 1"]], packages=("no_such_package_xyz",))
+    with pytest.raises(ValueError, match="packages: 'no_such_package_xyz' is not installed"):
+        code_tests_reward(["def f(): return 1"], [["assert f() == 1"]], packages=("no_such_package_xyz",))
+    with pytest.raises(ValueError, match="top-level package name"):
+        SandboxLimits(packages=("numpy.linalg",))
 
 
 def test_package_allow_list_is_off_by_default():
