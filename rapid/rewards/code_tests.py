@@ -10,8 +10,9 @@
 
 A completion is either a full program (in a fenced block, or unfenced code) or the continuation of the prompt's
 code (HumanEval: the prompt ends inside the function, after its docstring). Pass the code the prompt shows as
-``prompt_code``: a continuation is appended to it; a fenced block, or code that defines ``entry_point`` itself, is
-run after it (so the prompt's imports and helpers are there, and the full definition replaces the stub).
+``prompt_code``: a continuation (an indented body; anything after a closing fence is dropped) is appended to it; a
+fenced block, or code that defines ``entry_point`` itself, is run after it (so the prompt's imports and helpers are
+there, and the full definition replaces the stub).
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def assemble_program(completion: str, prompt_code: str | None = None, entry_poin
     code = extract_program(completion)
     if not prompt_code:
         return code
-    fenced = _FENCE.search(completion) is not None
     defines = entry_point is not None and re.search(
         rf"^(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
-    if fenced or defines:
+    first = next((line for line in completion.splitlines() if line.strip()), "")
+    if not defines and first[:1] in (" ", "\t"):  # an indented body: a continuation, up to any closing fence
+        return prompt_code + completion.split("```", 1)[0]
+    if defines or _FENCE.search(completion) is not None:
         return f"{prompt_code.rstrip()}\n\n\n{code}"
     return prompt_code + completion
 

@@ -30,6 +30,7 @@ def test_humaneval_check_right_and_wrong_continuations_and_full_programs():
     assert check_score(GOOD_BODY) == 1.0                                          # base model: continues the prompt
     assert check_score(f"Sure:\n```python\n{PROMPT}{GOOD_BODY}```") == 1.0        # instruct model: whole function
     assert check_score(f"def add_all(xs, k):\n{GOOD_BODY}") == 1.0                # unfenced full definition
+    assert check_score(f"{GOOD_BODY}```\nThis adds k to each.") == 1.0             # a body, then chatter
     assert check_score("    return [x + k for x in xs if x > 0]\n") == 0.0        # fails one assert: 0 (0/1 check)
     assert check_score("    return None\n") == 0.0
     assert check_score("    raise ValueError('no')\n") == 0.0
