@@ -344,6 +344,12 @@ def latest_intact_checkpoint(root: str | Path, dist: Dist | None = None) -> Path
     return d.broadcast_object(found)
 
 
+def stored_model_keys(path: str | Path) -> list[str]:
+    """Names of the model tensors a checkpoint holds (the HF model's names; peft: the adapters only)."""
+    meta = dcp.FileSystemReader(Path(path) / "model_optim").read_metadata()
+    return sorted(k[len("model."):] for k in meta.state_dict_metadata if k.startswith("model."))
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """Compatibility name for :func:`latest_intact_checkpoint`."""
     return latest_intact_checkpoint(root)
