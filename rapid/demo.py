@@ -22,81 +22,23 @@ evaluation (one eval of 200 problems has a ~3-point standard error) decides noth
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-CACHE = Path(".cache/rapid-demo")
+# The warm start lives in rapid.tiny (``--model tiny`` starts from the same cached model); these names stay
+# importable from here for the benchmarks.
+from .tiny import WarmStartSettings as DemoSettings, sft_warm_start, warm_start_dir, warm_start_task
+
+__all__ = ["DemoSettings", "main", "sft_warm_start"]
+
 RUNS = Path("runs/demo")
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    difficulty: int = 2
-    digits: tuple[int, int] = (2, 1)
-    n_train: int = 4000          # capped by the problem space: 800 train problems after the 200 held out
-    n_eval: int = 200
-    num_layers: int = 2
-    sft_steps: int = 200         # seed 0: 32.5 % held-out accuracy (other seeds land at 8-22 %: see RESULTS.md)
-    sft_batch: int = 64
-    sft_lr: float = 3e-3
-    seed: int = 0
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def sft_warm_start(settings: DemoSettings, task, log=print):
-    """Supervised next-token training on "a+b=" → "c<eos>" (loss on the answer tokens only), cached on disk.
-
-    The carry is learnt abruptly, so the accuracy a fixed step count lands at depends on the seed (200 steps:
-    32.5 % held-out for seed 0, 8 % for seed 1); stopping at a target accuracy was tried and overshoots or
-    lands on unstable models (RESULTS.md), so the demo pins the seed instead.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .tiny import build_tiny, save_tiny
-
-    path = CACHE / settings.key()
-    if (path / "config.json").exists():
-        log(f"warm start: cached model {path}")
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), 0.0
-    start = time.perf_counter()
-    model, tok = build_tiny(num_layers=settings.num_layers, seed=settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.sft_lr, weight_decay=0.0)
-    rows = task.train
-    model.train()
-    for step in range(settings.sft_steps):
-        idx = torch.randint(0, len(rows), (settings.sft_batch,), generator=gen).tolist()
-        seqs, labels = [], []
-        for i in idx:
-            p = tok(rows[i]["prompt"])["input_ids"]
-            a = tok(rows[i]["answer"])["input_ids"] + [tok.eos_token_id]
-            seqs.append(p + a)
-            labels.append([-100] * len(p) + a)
-        width = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])             # (B, T)
-        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels])                      # (B, T)
-        mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()  # (B, T)
-        lr_scale = min(1.0, (step + 1) / 20)
-        for g in opt.param_groups:
-            g["lr"] = settings.sft_lr * lr_scale
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == settings.sft_steps - 1:
-            log(f"  sft step {step:4d}  loss {loss.item():.3f}")
-    save_tiny(model, tok, path)
-    return model, tok, time.perf_counter() - start
 
 
 def run_algo(algo: str, warm_path: Path, task, budget_s: float, args, log=print) -> dict:
@@ -133,7 +75,7 @@ def run_algo(algo: str, warm_path: Path, task, budget_s: float, args, log=print)
     train_s = rollouts[-1]["time/train_s"] if rollouts else 0.0
     return {"algo": algo, "curve": curve, "rollouts": len(rollouts), "samples": samples, "train_s": train_s,
             "wall_s": wall, "samples_per_s": samples / max(train_s, 1e-9), "phases": phases,
-            "steps": sum(h["rapid/steps"] for h in rollouts)}
+            "steps": int(sum(h["rapid/steps"] for h in rollouts))}
 
 
 def smoothed_final(curve: list[tuple[float, float]], window: int = 3) -> float:
@@ -194,24 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    from .tasks.arithmetic import make_arithmetic_task
     from .trainer import evaluate_rewards
 
     settings = DemoSettings(sft_steps=args.sft_steps, seed=args.seed)
-    task = make_arithmetic_task(settings.difficulty, settings.n_train, settings.n_eval, settings.seed,
-                                digits=settings.digits)
+    task = warm_start_task(settings)
     RUNS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"rapid demo: {task.description}; {len(task.train)} train / {len(task.eval)} held-out problems; "
           f"{args.threads} torch thread(s)")
     model, tok, sft_s = sft_warm_start(settings, task)
-    warm_path = CACHE / settings.key()
+    warm_path = warm_start_dir(settings)
 
+    from . import data
     from .engines.hf import HFEngine
     import rapid
 
     cfg = rapid.RapidConfig(max_new_tokens=task.max_new_tokens)
-    warm_acc = evaluate_rewards(HFEngine(model, tok), model, task.eval, task.reward_fn, cfg)["eval/reward"]
+    # the prompts as the trainer's own evaluation renders them (plain strings: the tiny model is no chat model)
+    texts = data.render_prompts(task.eval, tok, data.wants_chat_template(cfg.chat_template, tok, str(warm_path)))
+    warm_acc = evaluate_rewards(HFEngine(model, tok), model, task.eval, texts, task.reward_fn, cfg)["eval/reward"]
     print(f"warm start: held-out accuracy {100 * warm_acc:.1f} % (SFT {sft_s:.1f} s{', cached' if not sft_s else ''})")
     results = [run_algo(algo, warm_path, task, args.budget, args) for algo in ("rapid", "grpg")]
     rapid_res, grpg_res = results

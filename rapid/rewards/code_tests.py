@@ -10,8 +10,9 @@
 
 A completion is either a full program (in a fenced block, or unfenced code) or the continuation of the prompt's
 code (HumanEval: the prompt ends inside the function, after its docstring). Pass the code the prompt shows as
-``prompt_code``: a continuation is appended to it; a fenced block, or code that defines ``entry_point`` itself, is
-run after it (so the prompt's imports and helpers are there, and the full definition replaces the stub).
+``prompt_code``: a continuation (an indented body; anything after a closing fence is dropped) is appended to it; a
+fenced block, or code that defines ``entry_point`` itself, is run after it (so the prompt's imports and helpers are
+there, and the full definition replaces the stub).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 from .code_judges import (compile_test_program, judge_test, run_asserts, run_stdio_cases, run_test_program,
                           split_test)
+from ._sandbox_host import package_locations
 from .sandbox import SandboxLimits
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CodeReward", "assemble_program", "code_reward", "code_tests_reward", "extract_program", "judge_test",
            "run_tests", "split_test", "classify_tests"]
 
+_COMPILE_LOCK = threading.Lock()
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -53,10 +58,12 @@ def assemble_program(completion: str, prompt_code: str | None = None, entry_poin
     code = extract_program(completion)
     if not prompt_code:
         return code
-    fenced = _FENCE.search(completion) is not None
     defines = entry_point is not None and re.search(
         rf"^(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
-    if fenced or defines:
+    first = next((line for line in completion.splitlines() if line.strip()), "")
+    if not defines and first[:1] in (" ", "\t"):  # an indented body: a continuation, up to any closing fence
+        return prompt_code + completion.split("```", 1)[0]
+    if defines or _FENCE.search(completion) is not None:
         return f"{prompt_code.rstrip()}\n\n\n{code}"
     return prompt_code + completion
 
@@ -78,6 +85,19 @@ def classify_tests(tests: object) -> str:
 def run_tests(program: str, tests: list[str], limits: SandboxLimits | None = None, setup_code: str = "") -> list[bool]:
     """Per-test pass/fail of ``program`` (already extracted) against assert ``tests``."""
     return run_asserts(f"{setup_code}\n{program}" if setup_code else program, tests, limits)
+
+
+def _compiles(source: str) -> bool:
+    """Whether ``source`` compiles (compiling runs none of it; CPython bounds nesting and reports it as an error).
+    Its SyntaxWarnings are silenced (under a lock: the warning filters are process-wide) so generated code cannot
+    flood the trainer's stderr."""
+    with _COMPILE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            compile(source, "<solution>", "exec")
+        except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
+            return False
+    return True
 
 
 def _per_item(value, n: int, name: str) -> list:
@@ -125,9 +145,12 @@ def code_tests_reward(completions: list[str], tests: Sequence[list[str] | str | 
             raise ValueError(f"tests[{i}]: {exc}") from exc
     if limits is None:
         limits = SandboxLimits(timeout_s=timeout_s, packages=tuple(packages))
+    package_locations(limits.packages)  # a package that is not installed: ValueError now, not per program
 
     def score(i: int) -> float:
         program = assemble_program(completions[i], prompts[i], entries[i])
+        if not _compiles(f"{setups[i]}\n{program}" if setups[i] else program):
+            return 0.0  # it cannot pass anything: no sandbox needed (most early-training samples)
         if kinds[i] == "program":
             source = f"{setups[i]}\n{program}" if setups[i] else program
             return float(run_test_program(source, tests[i], entries[i], limits, prompts[i] or "", setups[i] or ""))

@@ -16,6 +16,7 @@ compared exactly here, which is both faster and right for GSM8K's unit-laden ans
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import threading
@@ -184,6 +185,7 @@ def verify_pairs(pairs: list[tuple[str, str]]) -> list[bool]:
     with _VERIFY_LOCK:
         if _VERIFY_POOL is None:
             _VERIFY_POOL = RewardPool(1)
+            atexit.register(_VERIFY_POOL.close)
         jobs = [((p, g, MATH_VERIFY_TIMEOUT_S), {}) for p, g in pairs]
         results = _VERIFY_POOL.run(_verify_job, jobs, 3 * MATH_VERIFY_TIMEOUT_S + 10)
     verdicts = []

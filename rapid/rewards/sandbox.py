@@ -8,7 +8,8 @@ Isolation, in the order it is set up (by ``_sandbox_child.py``, trusted code tha
 * no network: new, empty network and IPC namespaces (``unshare``; needs root). Without root it falls back to
   refusing ``socket`` creation at the Python level, which ctypes can bypass — the fallback is logged;
 * a private mount namespace (root): every mount read-only, and fresh size-limited tmpfs on /tmp, /var/tmp,
-  /dev/shm and /run/lock that vanish with the program — so it cannot leave a file anywhere;
+  /dev/shm and /run/lock that vanish with the program — so it cannot leave a file anywhere; and the places where
+  tests, datasets and code live (``hidden_paths``) covered by empty mounts — so it cannot read them;
 * as root, the program runs under a private uid (one of ``UID_BASE + slot``, a slot held by ``flock`` so concurrent
   sandboxes, even from different processes, never share one). That makes ``RLIMIT_NPROC`` effective (the kernel
   does not enforce it for root), keeps the program from signalling or reading the trainer, and lets the parent find
@@ -29,7 +30,6 @@ one call at a time, with plain-data arguments and results: test programs such as
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -42,8 +42,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ._sandbox_child import Opaque, from_wire, to_wire
-from ._sandbox_sweep import UID_BASE, UidSlot, leftover_pids, remove_files_of, sweep_processes
+from ._sandbox_host import (UID_BASE, UidSlot, hidden_paths, leftover_pids, package_locations, remove_files_of,
+                            sweep_processes)
+from ._sandbox_wire import Opaque, from_wire, to_wire
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ __all__ = ["UID_BASE", "Opaque", "SandboxLimits", "SandboxResult", "from_wire", 
            "run_sandboxed", "run_stdio", "to_wire"]
 
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+LANDLOCK = True
+"""Confine writes with Landlock where no mount namespace can be made (tests turn it off to exercise the sweep)."""
 
 
 @dataclass
@@ -109,30 +112,14 @@ class SandboxResult:
     isolation: dict = field(default_factory=dict)
 
 
-_PACKAGES: dict[str, str] = {}
-
-
-def package_locations(names: tuple[str, ...]) -> dict[str, str]:
-    """Directory (package) or file (single module) of each allowed package; ValueError naming one not installed."""
-    found = {}
-    for name in names:
-        if name not in _PACKAGES:
-            spec = importlib.util.find_spec(name)
-            if spec is None or (spec.origin in (None, "built-in", "frozen") and not spec.submodule_search_locations):
-                raise ValueError(f"packages: {name!r} is not installed in this environment")
-            locations = list(spec.submodule_search_locations or [])
-            _PACKAGES[name] = locations[0] if locations else spec.origin
-        found[name] = _PACKAGES[name]
-    return found
-
-
 _PROBE: dict | None = None
 _PROBE_LOCK = threading.Lock()
 
 
 def isolation() -> dict:
     """What confinement this machine allows (probed once per process):
-    {"uid": bool, "netns": bool, "ipcns": bool, "mountns": bool}."""
+    {"uid", "netns", "ipcns", "mountns", "hidden", "landlock"} → bool ("landlock": in force, which it is only
+    where the mount namespace could not be made)."""
     global _PROBE
     with _PROBE_LOCK:
         if _PROBE is None:
@@ -140,9 +127,13 @@ def isolation() -> dict:
             ready = _probe(uid_drop=root)
             if root and not ready:  # dropping to a private uid failed (e.g. unmapped in a user namespace)
                 root, ready = False, _probe(uid_drop=False)
-            _PROBE = {"uid": root, **{k: bool(ready.get(k)) for k in ("netns", "ipcns", "mountns")}}
-            level = logging.INFO if all(_PROBE.values()) else logging.WARNING
-            logger.log(level, "code sandbox isolation: %s", _PROBE)
+            _PROBE = {"uid": root, **{k: bool(ready.get(k)) for k in ("netns", "ipcns", "mountns", "hidden",
+                                                                           "landlock")}}
+            full = _PROBE["uid"] and _PROBE["netns"] and _PROBE["hidden"]
+            logger.log(logging.INFO if full else logging.WARNING, "code sandbox isolation: %s%s", _PROBE,
+                       "" if _PROBE["hidden"] else " (without a private mount namespace a program can read any file "
+                       "its uid may, test files and datasets included; Landlock, where in force, still keeps it "
+                       "from writing outside its working directory)")
     return dict(_PROBE)
 
 
@@ -213,6 +204,8 @@ class _Session:
                 os.chown(self.workdir, self.slot.uid, self.slot.uid)
             packages = package_locations(limits.packages)
             request = {**request, "result_fd": result_w, "request_fd": request_r, "netns": True, "mountns": mountns,
+                       "landlock": LANDLOCK,
+                       "hide": hidden_paths(private_uid=self.slot is not None) if mountns else [],
                        "uid": self.slot.uid if self.slot else None, "packages": packages,
                        "limits": {"cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
                                   "as_bytes": limits.memory_mb << 20, "fsize_bytes": limits.file_mb << 20,
@@ -223,7 +216,7 @@ class _Session:
             self.start = time.monotonic()
             self.deadline = self.start + limits.timeout_s
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-I", "-S", "-B", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
                 pass_fds=tuple(fd for fd in (result_w, request_r) if fd >= 0), start_new_session=True)
             try:
@@ -362,7 +355,7 @@ class _Session:
             self.proc.wait()
             self.proc.stdout.close()
         if self.slot is not None:
-            remove_files_of(self.slot.uid, full=not self.isolation.get("mountns"))
+            remove_files_of(self.slot.uid)
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.slot is not None:
             self.slot.release()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import itertools
 
-from ._sandbox_child import from_wire, to_wire
+from ._sandbox_wire import from_wire, to_wire
 from .sandbox import SandboxLimits, SandboxResult, _Session, isolation
 
 __all__ = ["SandboxGone", "SandboxedError", "SandboxedFunction", "SandboxedProgram", "open_program"]

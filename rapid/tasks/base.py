@@ -28,6 +28,9 @@ class Task:
     """One line for logs and ``--help``."""
     max_new_tokens: int = 32
     """A completion length that suffices for this task."""
+    stop: list[str] | None = None
+    """Stop strings the benchmark conventionally generates with (e.g. HumanEval's for base models: a completion ends
+    where the next top-level statement would start); None: none. The CLI passes them to ``RapidConfig.stop``."""
 
     def __post_init__(self) -> None:
         for split_name in ("train", "eval"):
@@ -41,6 +44,10 @@ class Task:
             raise TypeError("Task.reward_fn must be callable")
         if self.max_new_tokens < 1:
             raise ValueError(f"Task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+                raise ValueError(f"Task.stop must be None or a list of non-empty strings, got {self.stop!r}")
+            self.stop = list(self.stop)
 
     def columns(self, rows: list[dict]) -> dict[str, list]:
         """The reward columns of ``rows`` (every key but ``"prompt"``) as ``{key: [values...]}``."""

@@ -8,8 +8,10 @@ Rows produced (what the reward functions read as columns):
 
 * GSM8K (``question``, ``answer`` ending in ``#### n``) and MATH (``problem``, ``solution`` with ``\\boxed{}``, or an
   ``answer`` field) → ``{"prompt", "answer"}`` for ``rapid.rewards.math_reward``;
-* MBPP / MBPP+ (``text`` or ``prompt``, ``code``, ``test_list``, optional ``test_imports`` / ``test_setup_code``)
-  → ``{"prompt", "tests", "test_setup"}`` for ``rapid.rewards.code_reward``.
+* MBPP / MBPP+ (``text`` or ``prompt``, ``code``, ``test_list``, optional ``test_imports`` / ``test_setup_code``,
+  and MBPP+'s ``test``: a program running the plus inputs) → ``{"prompt", "tests", "test_setup", "entry_point"}``
+  for ``rapid.rewards.code_reward``. When a record has MBPP+'s ``test`` program, that is the test (all of it must
+  pass; ``entry_point`` is the function ``test_list`` calls); else the ``test_list`` asserts (fraction passed).
 
 Prompts go through the tokenizer's chat template when it has one (``add_generation_prompt=True``), else they are the
 plain instruction text.
@@ -17,6 +19,9 @@ plain instruction text.
 
 from __future__ import annotations
 
+import ast
+import builtins
+import inspect
 import json
 import logging
 import os
@@ -117,17 +122,34 @@ def math_rows(records: list[dict], tokenizer: Any = None, template: str = MATH_I
     return rows
 
 
+def called_function(tests: list[str]) -> str | None:
+    """The first non-builtin function the asserts call (``assert similar_elements(a, b) == ...`` → its name)."""
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not hasattr(builtins, node.func.id):
+                return node.func.id
+    return None
+
+
 def mbpp_rows(records: list[dict], tokenizer: Any = None, template: str = CODE_INSTRUCTION,
-              shown_tests: int = 1) -> list[dict]:
-    """MBPP / MBPP+ records → ``{"prompt", "tests", "test_setup"}``; the prompt shows the first ``shown_tests``
-    asserts so the model knows the function's name and signature."""
+              shown_tests: int = 1, plus: bool = True) -> list[dict]:
+    """MBPP / MBPP+ records → ``{"prompt", "tests", "test_setup", "entry_point"}`` (see the module doc; ``plus``:
+    use MBPP+'s ``test`` program when a record has one). The prompt shows the first ``shown_tests`` asserts so the
+    model knows the function's name and signature."""
     rows = []
     for r in records:
-        tests = list(_field(r, "test_list"))
+        asserts = list(_field(r, "test_list"))
         imports = r.get("test_imports") or []
         setup = "\n".join([*(imports if isinstance(imports, list) else [imports]), r.get("test_setup_code") or ""])
-        message = template.format(text=_field(r, "text", "prompt"), tests="\n".join(tests[:shown_tests]))
-        rows.append({"prompt": format_prompt(message, tokenizer), "tests": tests, "test_setup": setup.strip()})
+        message = template.format(text=_field(r, "text", "prompt"), tests="\n".join(asserts[:shown_tests]))
+        program, entry = r.get("test"), r.get("entry_point") or called_function(asserts)
+        use_plus = plus and isinstance(program, str) and bool(program.strip()) and entry is not None
+        rows.append({"prompt": format_prompt(message, tokenizer), "tests": program if use_plus else asserts,
+                     "test_setup": setup.strip(), "entry_point": entry if use_plus else None})
     return rows
 
 
@@ -163,6 +185,15 @@ def make_dataset_task(name: str, to_rows: Callable[..., list[dict]], reward_fn: 
                 max_new_tokens=max_new_tokens)
 
 
+def _options(max_new_tokens: int, **extra: Any) -> inspect.Signature:
+    """The keyword options of a dataset task: ``make_dataset_task``'s, so ``get_task`` can name them."""
+    params = [p for name, p in inspect.signature(make_dataset_task).parameters.items()
+              if name not in ("name", "to_rows", "reward_fn", "max_new_tokens")]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+               for k, v in {"max_new_tokens": max_new_tokens, **extra}.items()]
+    return inspect.Signature(params)
+
+
 def make_gsm8k_task(path: str, **kwargs: Any) -> Task:
     """GSM8K (hub: ``path="openai/gsm8k", hub_config="main"``), math-answer reward."""
     from rapid.rewards.math_answer import math_reward
@@ -177,8 +208,17 @@ def make_math_task(path: str, **kwargs: Any) -> Task:
     return make_dataset_task("math", math_rows, math_reward, kwargs.pop("max_new_tokens", 1024), path, **kwargs)
 
 
-def make_mbpp_task(path: str, **kwargs: Any) -> Task:
-    """MBPP / MBPP+ (hub e.g. ``path="evalplus/mbppplus", split="test"``), sandboxed test-pass-fraction reward."""
+def make_mbpp_task(path: str, plus: bool = True, **kwargs: Any) -> Task:
+    """MBPP / MBPP+ (hub e.g. ``path="evalplus/mbppplus", split="test"``), sandboxed test reward: MBPP+'s plus test
+    program when the records have one (``plus=False``: the base ``test_list`` asserts)."""
     from rapid.rewards.code_tests import code_reward
 
-    return make_dataset_task("mbpp", mbpp_rows, code_reward, kwargs.pop("max_new_tokens", 512), path, **kwargs)
+    def rows(records: list[dict], tokenizer: Any = None) -> list[dict]:
+        return mbpp_rows(records, tokenizer, plus=plus)
+
+    return make_dataset_task("mbpp", rows, code_reward, kwargs.pop("max_new_tokens", 512), path, **kwargs)
+
+
+make_gsm8k_task.__signature__ = _options(512)  # type: ignore[attr-defined]
+make_math_task.__signature__ = _options(1024)  # type: ignore[attr-defined]
+make_mbpp_task.__signature__ = _options(512, plus=True)  # type: ignore[attr-defined]

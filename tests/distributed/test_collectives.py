@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import torch.distributed
 
 from rapid import distributed
 from rapid.distributed import Dist, RankFailureError, init_distributed, main_logger
@@ -26,9 +27,12 @@ def _collectives() -> dict:
            "gather": d.all_gather_object(("rank", r))}
     d.barrier("ok")
     out["metrics"] = d.reduce_metrics({
-        "reward/mean": 0.25 + 0.5 * r, "timing_s/gen": 1.0 + r, "reward/errors": 1.0 + r, "perf/util_mean": 10.0 * r,
+        "reward/mean": 0.25 + 0.5 * r, "timing_s/gen": 1.0 + r, "reward/errors": 1 + r, "perf/util_mean": 10.0 * r,
         "rapid/w_max": 2.0 - r, "rollout": 3, "final": True, "only_rank1": 7.0 if r == 1 else None,
         **({"eval/reward": 0.5} if r == 0 else {})})
+    joined = init_distributed(timeout_s=30)         # a group already exists: join it, and leave it to its owner
+    joined.close()
+    out["joined"] = (joined.rank, joined.world_size, d.owns_group, torch.distributed.is_initialized())
     d.check_same_config({"lr": 1e-3, "seed": 0, "output_dir": f"run{r}"}, ignore=("output_dir",))
     try:
         d.check_same_config({"lr": 1e-3 * (1 + r), "seed": 0, "group_size": 8})
@@ -43,12 +47,14 @@ def test_collectives_metrics_and_config_check(tmp_path):
         assert (got["rank"], got["world"], got["backend"], got["is_main"]) == (r, 2, "gloo", r == 0)
         assert got["sum_float"] == 4.0 and got["max_float"] == 1.0 and got["sum_list"] == [2.0, 1.0]
         assert got["sum_tensor"].tolist() == [2, 5] and got["sum_tensor"].dtype == torch.int64
+        assert got["joined"] == (r, 2, True, True)
         assert got["bcast"] == {"h": 4} and got["gather"] == [("rank", 0), ("rank", 1)]
         # the rule: mean by default, max for timings and maxima, sum for counts, per-rank kept for utilisation
         assert got["metrics"] == {
-            "reward/mean": 0.5, "timing_s/gen": 2.0, "reward/errors": 3.0, "perf/util_mean": 5.0,
-            "perf/util_mean/rank0": 0.0, "perf/util_mean/rank1": 10.0, "rapid/w_max": 2.0, "rollout": 3.0,
+            "reward/mean": 0.5, "timing_s/gen": 2.0, "reward/errors": 3, "perf/util_mean": 5.0,
+            "perf/util_mean/rank0": 0.0, "perf/util_mean/rank1": 10.0, "rapid/w_max": 2.0, "rollout": 3,
             "final": True, "only_rank1": 7.0, "eval/reward": 0.5}
+        assert type(got["metrics"]["rollout"]) is int and type(got["metrics"]["reward/errors"]) is int
         assert got["mismatch"].startswith("config differs across ranks: rank 1 differs from rank 0 in lr")
         assert "rank 0: 0.001" in got["mismatch"] and "rank 1: 0.002" in got["mismatch"]
         assert "group_size" not in got["mismatch"] and "seed" not in got["mismatch"]
@@ -112,3 +118,19 @@ def test_bad_arguments_are_named(monkeypatch):
         init_distributed()
     with pytest.raises(ValueError, match="parallel must be"):
         distributed.check_parallel("zero3")
+
+
+def test_wrappers_at_world_size_one_and_bad_modules(monkeypatch):
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert distributed.parallelize(module, "ddp", torch.bfloat16, torch.device("cpu")) is module
+    with distributed.no_sync(module):                     # no wrapper: a no-op
+        module(torch.ones(1, 3)).sum().backward()
+    assert module[0].weight.grad is not None
+    names = [(n, t.dtype) for n, t in distributed.full_parameters(module, dtype=torch.bfloat16)]
+    assert names == [("0.weight", torch.bfloat16), ("0.bias", torch.bfloat16)]
+    with pytest.raises(ValueError, match=r"fp32 master weights, but 0.weight is torch.bfloat16"):
+        distributed.parallelize(torch.nn.Sequential(torch.nn.Linear(3, 2).bfloat16()), "fsdp", torch.bfloat16,
+                                torch.device("cpu"))
+    monkeypatch.setattr(distributed, "_fsdp2", lambda: None)
+    with pytest.raises(ValueError, match=r"parallel='fsdp' needs FSDP2"):
+        distributed.parallelize(module, "fsdp", torch.float32, torch.device("cpu"))

@@ -3,6 +3,9 @@ the ranks' data, gradient accumulation under ``no_sync`` really defers the reduc
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -28,6 +31,22 @@ class SeqLoss(torch.nn.Module):
         self.seen_dtype = logits.dtype
         lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)   # (B, T-1)
         return -(coef * (lp * mask[:, 1:]).sum(-1)).sum()
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> torch.nn.Module:
+    return build_tiny(num_layers=2, seed=0)[0]
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    """The tiny model (seed 0), or one with other weights; copies of one build (building costs seconds per rank)."""
+    model = copy.deepcopy(_template())
+    if seed:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g), alpha=0.02)
+    return model
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,7 +81,7 @@ def _all_cases() -> dict:
 
 
 def _case(dist, parallel: str, dtype_name: str) -> dict:
-    model, _ = build_tiny(num_layers=2, seed=0)
+    model = tiny_model()
     ids, mask, coef = _data()
     local = slice(dist.rank * SEQS // WORLD, (dist.rank + 1) * SEQS // WORLD)               # this rank's groups
     total = dist.all_reduce(float(SEQS // WORLD))                                            # S_global
@@ -85,7 +104,7 @@ def _case(dist, parallel: str, dtype_name: str) -> dict:
 
 
 def _reference() -> dict[str, torch.Tensor]:
-    model, _ = build_tiny(num_layers=2, seed=0)
+    model = tiny_model()
     ids, mask, coef = _data()
     _train(SeqLoss(model), ids, mask, coef, 1.0 / SEQS)
     return {n: p.detach() for n, p in model.named_parameters()}

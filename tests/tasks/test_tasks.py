@@ -111,7 +111,7 @@ def test_dataset_tasks_from_files():
     assert len(math_task.train) == len(math_task.eval) == 6
     mbpp = get_task("mbpp", path=MBPP, limit=3)
     assert len(mbpp.train) + len(mbpp.eval) == 3 and mbpp.reward_fn is code_reward
-    assert set(mbpp.columns(mbpp.train)) == {"tests", "test_setup"}
+    assert set(mbpp.columns(mbpp.train)) == {"tests", "test_setup", "entry_point"}
     train, held = split_rows(list(range(10)), 3, seed=1)
     assert sorted(train + held) == list(range(10)) and len(held) == 3
     with pytest.raises(ValueError, match="needs path="):

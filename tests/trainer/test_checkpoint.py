@@ -1,5 +1,8 @@
-"""Checkpoints: an interrupted run resumes to exactly the state of an uninterrupted one; saves are atomic."""
+"""Checkpoints at world size 1: an interrupted run resumes exactly; saves are atomic, verified by a manifest, and a\ndamaged newest checkpoint falls back to the previous intact one. (World-size changes: tests/distributed.)"""
 
+import contextlib
+import hashlib
+import json
 import os
 import signal
 
@@ -82,7 +85,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, tiny, monkeypat
     original_save = torch.save
 
     def failing_save(obj, path, *args, **kwargs):
-        if str(path).endswith("optimizer.pt"):
+        if str(path).endswith("trainer_state.pt"):
             raise OSError("disk full")
         return original_save(obj, path, *args, **kwargs)
 
@@ -96,9 +99,128 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, tiny, monkeypat
     assert state["rollout"] == 1
 
 
+def test_a_failing_clean_up_does_not_mask_the_error(tmp_path, tiny, monkeypatch, caplog):
+    model, _ = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def failing_dcp_save(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    def failing_rmtree(path, onerror=None, **kwargs):
+        onerror(os.rmdir, str(path), (PermissionError, PermissionError("read-only"), None))
+
+    monkeypatch.setattr(checkpoint.dcp, "save", failing_dcp_save)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", failing_rmtree)
+    with pytest.raises(OSError, match="no space left on device"):
+        checkpoint.save_checkpoint(tmp_path, 1, model, opt, {"rollout": 1}, {})
+    assert "could not remove" in caplog.text and "read-only" in caplog.text
+    assert checkpoint.list_checkpoints(tmp_path) == []                 # the temp dir is never listed
+
+
+def _damage(path, how):
+    if how == "truncated":
+        shard = next((path / "model_optim").glob("*.distcp"))
+        shard.write_bytes(shard.read_bytes()[:100])
+    elif how == "deleted":
+        (path / "trainer_state.pt").unlink()
+    elif how == "no manifest":
+        (path / checkpoint.MANIFEST).unlink()
+    elif how == "corrupt":                                              # same size, one byte flipped
+        data = bytearray((path / "trainer_state.pt").read_bytes())
+        data[-1] ^= 0xFF
+        (path / "trainer_state.pt").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how,reason", [("truncated", "truncated or changed file model_optim/"),
+                                        ("deleted", "missing file trainer_state.pt"),
+                                        ("no manifest", "missing MANIFEST.json"),
+                                        ("corrupt", "corrupt file trainer_state.pt")])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, tiny, caplog, how, reason):
+    model, _ = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = checkpoint.save_checkpoint(tmp_path, 1, model, opt, {"rollout": 1}, {}, keep=3)
+    newest = checkpoint.save_checkpoint(tmp_path, 2, model, opt, {"rollout": 2}, {}, keep=3)
+    assert checkpoint.verify_checkpoint(newest) is None
+    _damage(newest, how)
+    assert checkpoint.verify_checkpoint(newest).startswith(reason)
+    assert checkpoint.latest_intact_checkpoint(tmp_path) == first
+    assert f"skipping checkpoint {newest}: {reason}" in caplog.text
+    with pytest.raises(checkpoint.CheckpointError, match="not an intact checkpoint") if how != "corrupt" else \
+            contextlib.nullcontext():                                   # loading checks sizes only, not hashes
+        checkpoint.load_checkpoint(newest, model, opt)
+
+
+def test_checkpoint_holds_a_manifest_of_every_file(tmp_path, tiny):
+    model, _ = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    path = checkpoint.save_checkpoint(tmp_path, 5, model, opt, {"rollout": 5}, {"lr": 1e-3})
+    manifest = json.loads((path / checkpoint.MANIFEST).read_text())
+    on_disk = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
+    assert sorted(manifest["files"]) == on_disk
+    for rel, info in manifest["files"].items():
+        data = (path / rel).read_bytes()
+        assert info == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert json.loads((path / "config.json").read_text()) == {"lr": 1e-3}
+
+
+class _LossModule(torch.nn.Module):
+    """The shape of the trainer's Policy: the HF model inside a loss module (names gain a ``model.`` prefix)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+def test_loss_module_and_bare_model_share_checkpoints_with_scheduler(tmp_path):
+    trained, _ = build_tiny(num_layers=2, seed=0)
+    wrapper = _LossModule(trained)
+    opt = torch.optim.AdamW(wrapper.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    trained(torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    opt.step()
+    sched.step()
+    path = checkpoint.save_checkpoint(tmp_path, 1, wrapper, opt, {"rollout": 1}, {}, scheduler=sched)
+    bare, _ = build_tiny(num_layers=2, seed=1)
+    opt2 = torch.optim.AdamW(bare.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    checkpoint.load_checkpoint(path, bare, opt2, scheduler=sched2)
+    for (name, a), b in zip(bare.named_parameters(), trained.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(opt2.state[a]["exp_avg"], opt.state[b]["exp_avg"], atol=0, rtol=0, msg=name)
+    assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_peft_checkpoint_holds_only_the_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    base, _ = build_tiny(num_layers=2, seed=0)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    opt.step()
+    path = checkpoint.save_checkpoint(tmp_path, 1, model, opt, {"rollout": 1}, {})
+    stored = checkpoint.stored_model_keys(path)
+    assert stored and all(".lora_A." in k or ".lora_B." in k for k in stored)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fresh = peft.get_peft_model(build_tiny(num_layers=2, seed=0)[0],
+                                peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    checkpoint.load_checkpoint(path, fresh, torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad]))
+    for name, p in fresh.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, trained[name], atol=0, rtol=0, msg=name)
+
+
 def test_keeps_only_the_last_n(tmp_path, tiny):
     model, _ = tiny
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for r in range(1, 5):
         checkpoint.save_checkpoint(tmp_path, r, model, opt, {"rollout": r}, {}, keep=2)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["rollout-000003", "rollout-000004"]
+
+
+def test_bad_arguments_are_named(tmp_path, tiny):
+    model, _ = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="rollout"):
+        checkpoint.save_checkpoint(tmp_path, -1, model, opt, {}, {})
+    with pytest.raises(ValueError, match="trainer_state"):
+        checkpoint.save_checkpoint(tmp_path, 1, model, opt, None, {})
