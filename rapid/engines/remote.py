@@ -128,7 +128,8 @@ class ProcessEngine:
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir)
+        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir,
+                                           self._pending)
 
         base = _base_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
@@ -273,8 +274,6 @@ class ProcessEngine:
     def close(self) -> None:
         """Stop the child (gracefully, then SIGTERM, then SIGKILL) and reap it; idempotent."""
         self._closed = True
-        if self._pending and self._proc.poll() is None:
-            self._proc.terminate()        # results nobody will collect: do not wait for the generation to end
         self._finalizer()
 
     def __enter__(self) -> ProcessEngine:
@@ -404,11 +403,15 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _shutdown(proc: subprocess.Popen, conn: Connection, shm: _SharedBuffer, tmpdir: str | None) -> None:
+def _shutdown(proc: subprocess.Popen, conn: Connection, shm: _SharedBuffer, tmpdir: str | None,
+              pending: dict) -> None:
     """Stop and reap the child, then free the channel, the shared buffer and the temporary directory.
 
     A weakref finalizer: runs on ``close()``, on garbage collection, or at interpreter exit, whichever is first.
+    With generations in flight nobody will collect, the child is terminated at once instead of asked to close.
     """
+    if proc.poll() is None and pending:
+        proc.terminate()
     if proc.poll() is None:
         try:
             conn.send_bytes(pickle.dumps(("close",)))
