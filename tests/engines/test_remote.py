@@ -157,6 +157,19 @@ def test_fsdp2_dtensor_weights_are_gathered(engine, trainer):
     assert_same_rollout(rollout, in_process(model, tok))
 
 
+def test_a_sync_from_another_model_fails_and_blocks_generation_until_a_good_sync(engine, trainer):
+    model, tok = trainer
+    deeper, _ = build_tiny(num_layers=3, seed=1)            # layers 0-1 fit the layout and get written, 2 does not
+    version = engine.weights_version
+    with pytest.raises(EngineError, match="not in the engine's layout"):
+        engine.sync_weights(deeper)
+    assert engine.weights_version == version
+    with pytest.raises(EngineError, match="half-way"):
+        engine.submit(PROMPTS, 2, SAMPLING)
+    assert engine.sync_weights(model) == version + 1
+    assert_same_rollout(engine.generate(PROMPTS, 2, SAMPLING), in_process(model, tok))
+
+
 def test_submit_is_async_and_sync_waits_for_the_boundary(engine, trainer):
     model, _ = trainer
     first = engine.submit(PROMPTS, 2, SAMPLING)
