@@ -180,6 +180,7 @@ def test_tiny_warm_start_is_built_once_with_a_message_then_cached(tmp_path, monk
     caplog.set_level(logging.INFO, logger="rapid")
     model, _ = tiny.load_tiny()
     assert "building the warm start" in caplog.text and "sft step" in caplog.text
+    assert all(p.grad is None for p in model.parameters()) and not model.training    # as a cache hit returns it
     path = tiny.warm_start_dir(small())
     assert (path / "config.json").is_file() and path.parent == tmp_path / "rapid-demo"
     assert [p.name for p in path.parent.iterdir()] == [small().key()]              # no temporary folder left
