@@ -264,7 +264,11 @@ def _publish(d: Dist, tmp: Path, final: Path, files: list[str], digests: list[di
     if final.exists():                          # re-saving a rollout: move the old one aside, then swap
         old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            os.replace(old, final)              # put the previous one back before reporting the failure
+            raise
         _remove(old)
     else:
         os.replace(tmp, final)

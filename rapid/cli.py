@@ -157,9 +157,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .trainer import evaluate_rewards
 
     task_name, task_args = args.task, _task_args(args.task_arg)
-    recorded = _recorded_task(args.model)
-    if recorded and (task_name or recorded[0]) == recorded[0] and not task_args:
-        task_name, task_args = recorded
+    run = _recorded_run(args.model)
+    extra = run.get("extra") if isinstance(run.get("extra"), dict) else {}
+    recorded = extra.get("task")
+    if isinstance(recorded, str) and (task_name or recorded) == recorded and not task_args:
+        task_name, task_args = recorded, dict(extra.get("task_args") or {})
         logger.info("task %s %s: as recorded in the run's metrics.jsonl", task_name, json.dumps(task_args))
     elif args.model == "tiny" and task_name == "arithmetic" and not {"difficulty", "digits", "ops"} & set(task_args):
         from .tiny import warm_start_task_args
@@ -176,8 +178,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = AutoModelForCausalLM.from_pretrained(model)
     tokenizer = load_tokenizer(name if tokenizer is None else model, tokenizer)
     rows = task.eval[: args.limit] if args.limit else task.eval
-    config = RapidConfig(max_new_tokens=args.max_new_tokens or task.max_new_tokens, chat_template=args.chat_template)
-    texts = data.render_prompts(rows, tokenizer, data.wants_chat_template(config.chat_template, tokenizer, name))
+    config = RapidConfig(max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+                         chat_template=args.chat_template or run.get("chat_template") or "auto")
+    # prompts rendered as in training: "auto" decides by the name the run was trained from (an "-Instruct" hub id),
+    # not by the path of its saved copy
+    trained_from = extra.get("model") if isinstance(extra.get("model"), str) else name
+    texts = data.render_prompts(rows, tokenizer, data.wants_chat_template(config.chat_template, tokenizer, trained_from))
     with torch.no_grad():
         engine = HFEngine(model, tokenizer, max_num_seqs=config.max_num_seqs)
         metrics = evaluate_rewards(engine, model, rows, texts, task.reward_fn, config)
@@ -185,19 +191,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_task(model: str) -> tuple[str, dict] | None:
-    """(task, task options) that ``rapid train`` recorded for ``<run>/model`` in ``<run>/metrics.jsonl``, if any:
-    a model trained on non-default task options is evaluated on the same problems unless told otherwise."""
+def _recorded_run(model: str) -> dict:
+    """The config ``rapid train`` recorded for ``<run>/model`` (first row of ``<run>/metrics.jsonl``), or {}: a
+    model trained on non-default task options is evaluated on the same problems, rendered the same way."""
     metrics = Path(model).expanduser().parent / "metrics.jsonl"
     if model == "tiny" or not metrics.is_file():
-        return None
+        return {}
     with metrics.open() as fh:
         try:
-            extra = json.loads(fh.readline()).get("config", {}).get("extra", {})
+            config = json.loads(fh.readline()).get("config")
         except (json.JSONDecodeError, AttributeError):
-            return None
-    task = extra.get("task") if isinstance(extra, dict) else None
-    return (task, dict(extra.get("task_args") or {})) if isinstance(task, str) else None
+            return {}
+    return config if isinstance(config, dict) else {}
 
 
 def cmd_profile(argv: list[str]) -> int:
@@ -270,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="task option (repeatable); default: the options recorded with the model, if any")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N eval rows")
     ev.add_argument("--max-new-tokens", type=int, default=None)
-    ev.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
-                    help=field_docs().get("chat_template", "") + " (default: auto)")
+    ev.add_argument("--chat-template", choices=("auto", "on", "off"), default=None,
+                    help=field_docs().get("chat_template", "") + " (default: as the run was trained, else auto)")
     sub.add_parser("profile", help="report of a run's profile (rapid.profiling)", add_help=False)
     return parser
 

@@ -119,7 +119,8 @@ class Dist:
         if not self.active:
             return value.clone() if is_tensor else value
         scalar = not is_tensor and not isinstance(value, (list, tuple))
-        t = value.detach().clone() if is_tensor else torch.tensor([value] if scalar else list(value), dtype=torch.float64)
+        values = [value] if scalar else value
+        t = value.detach().clone() if is_tensor else torch.tensor(list(values), dtype=torch.float64)
         out_device = t.device
         comm = t.to(self.device) if "nccl" in self.backend else t.cpu()
         with self._collective(f"all_reduce({op})"):
@@ -229,7 +230,8 @@ class Dist:
         for r, cfg in enumerate(configs):
             if digests[r] == digests[0]:
                 continue
-            fields = sorted(k for k in set(cfg) | set(configs[0]) if cfg.get(k, "<absent>") != configs[0].get(k, "<absent>"))
+            fields = sorted(k for k in set(cfg) | set(configs[0])
+                            if cfg.get(k, "<absent>") != configs[0].get(k, "<absent>"))
             detail = ", ".join(f"{k} (rank 0: {configs[0].get(k, '<absent>')!r}, rank {r}: {cfg.get(k, '<absent>')!r})"
                                for k in fields)
             lines.append(f"rank {r} differs from rank 0 in {detail}")

@@ -180,6 +180,7 @@ def test_tiny_warm_start_is_built_once_with_a_message_then_cached(tmp_path, monk
     caplog.set_level(logging.INFO, logger="rapid")
     model, _ = tiny.load_tiny()
     assert "building the warm start" in caplog.text and "sft step" in caplog.text
+    assert all(p.grad is None for p in model.parameters()) and not model.training    # as a cache hit returns it
     path = tiny.warm_start_dir(small())
     assert (path / "config.json").is_file() and path.parent == tmp_path / "rapid-demo"
     assert [p.name for p in path.parent.iterdir()] == [small().key()]              # no temporary folder left
@@ -235,3 +236,24 @@ def test_cli_logging_shows_rapid_info_and_warnings_loudly(capsys, cli_logging):
     setup_logging(-1)
     logging.getLogger("rapid.trainer").info("quiet please")
     assert "quiet please" not in capsys.readouterr().err
+
+
+def test_eval_of_a_run_uses_its_recorded_task_and_prompt_rendering(tmp_path, monkeypatch, capsys, cli_logging):
+    import rapid.data as data
+    from rapid.tiny import build_tiny, save_tiny
+
+    save_tiny(*build_tiny(), tmp_path / "run" / "model")
+    config = {"chat_template": "off", "extra": {"task": "arithmetic", "model": "Org/X-Instruct",
+                                                 "task_args": {"n_train": 4, "n_eval": 3, "digits": [1, 1]}}}
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"config": config}) + "\n")
+    seen, real = [], data.wants_chat_template
+    monkeypatch.setattr(data, "wants_chat_template", lambda mode, tok, name: seen.append((mode, name)) or
+                        real(mode, tok, name))
+    assert main(["eval", "--model", str(tmp_path / "run" / "model")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["task"] == "arithmetic" and out["n"] == 3
+    assert seen == [("off", "Org/X-Instruct")]         # as trained: the hub name decides "auto", not the copy's path
+    assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--task", "arithmetic", "--task-arg",
+                 "n_eval=2", "--chat-template", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 2
+    assert seen[-1][0] == "auto"

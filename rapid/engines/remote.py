@@ -46,6 +46,7 @@ from typing import Literal
 import torch
 
 from .base import Rollout, SamplingConfig
+from ._engine_worker import SharedBuffer
 from .vllm import EngineError, _base_model, hf_weights
 
 __all__ = ["ProcessEngine", "EngineError", "available_cpus"]
@@ -95,6 +96,7 @@ class ProcessEngine:
         self._timings = {"timing_s/update_weights": 0.0}
         self.last_sync_s = 0.0
         self._failed: str | None = None
+        self._torn = False
         self._closed = False
         self._tmpdir = None if workdir is not None else tempfile.mkdtemp(prefix="rapid-engine-")
         self.workdir = Path(workdir if workdir is not None else self._tmpdir)
@@ -102,7 +104,7 @@ class ProcessEngine:
         self.log_path = self.workdir / "engine_worker.log"
 
         layout, numel = _layout(model, self.dtype)
-        self._shm = _SharedBuffer(numel, self.dtype)
+        self._shm = SharedBuffer(numel, self.dtype)
         flat = self._shm.tensor                                                   # (numel,)
         self._views = {name: flat[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
         try:
@@ -128,7 +130,8 @@ class ProcessEngine:
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir)
+        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir,
+                                           self._pending)
 
         base = _base_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
@@ -166,6 +169,9 @@ class ProcessEngine:
         if not isinstance(sampling, SamplingConfig):
             raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         self._check_usable()
+        if self._torn:
+            raise EngineError("the last sync_weights failed half-way, so the engine's weights mix two versions: "
+                              "call sync_weights again before generating")
         handle = self._next_handle
         self._next_handle += 1
         submitted = time.monotonic()            # before sending: the child may start before send returns
@@ -216,7 +222,11 @@ class ProcessEngine:
             raise EngineError(f"sync_weights with {len(self._pending)} generation(s) in flight: collect them with "
                               "result() first (weights change only at a rollout boundary)")
         start = time.perf_counter()
+        # the child's HF parameters are views of the buffer: a half-written sync leaves a mix of two versions, so
+        # submit refuses until a sync completes
+        self._torn = True
         self._copy_weights(model)
+        self._torn = False
         self._version += 1
         self._send(("load", self._version))
         reply = self._recv(None, f"loading weights version {self._version}")
@@ -273,8 +283,6 @@ class ProcessEngine:
     def close(self) -> None:
         """Stop the child (gracefully, then SIGTERM, then SIGKILL) and reap it; idempotent."""
         self._closed = True
-        if self._pending and self._proc.poll() is None:
-            self._proc.terminate()        # results nobody will collect: do not wait for the generation to end
         self._finalizer()
 
     def __enter__(self) -> ProcessEngine:
@@ -339,40 +347,6 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-class _SharedBuffer:
-    """``numel`` elements of ``dtype`` in memory both processes map: a memfd (Linux; passed to the child as an
-    inherited fd, never visible in /dev/shm, so nothing can leak) or a temporary file in /dev/shm (elsewhere),
-    unlinked once the child has mapped it."""
-
-    def __init__(self, numel: int, dtype: torch.dtype) -> None:
-        nbytes = numel * dtype.itemsize
-        self.fds: tuple[int, ...] = ()
-        self._file: str | None = None
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("rapid-engine-weights")
-            os.ftruncate(fd, nbytes)
-            self.fds, self.path = (fd,), f"/proc/self/fd/{fd}"    # the child inherits fd under the same number
-        else:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            handle, self._file = tempfile.mkstemp(prefix="rapid-engine-weights-", dir=shm)
-            os.ftruncate(handle, nbytes)
-            os.close(handle)
-            self.path = self._file
-        self.tensor = torch.from_file(self.path, shared=True, size=numel, dtype=dtype)   # (numel,)
-
-    def attached(self) -> None:
-        """The child has mapped the buffer: its name is no longer needed."""
-        if self._file is not None:
-            os.unlink(self._file)
-            self._file = None
-
-    def close(self) -> None:
-        self.attached()
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = ()
-
-
 def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str, int, tuple[int, ...]]], int]:
     """(name, element offset, shape) of each HF-named weight in the shared buffer, and the buffer's length."""
     align = max(1, _ALIGN_BYTES // dtype.itemsize)
@@ -404,11 +378,15 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _shutdown(proc: subprocess.Popen, conn: Connection, shm: _SharedBuffer, tmpdir: str | None) -> None:
+def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer, tmpdir: str | None,
+              pending: dict) -> None:
     """Stop and reap the child, then free the channel, the shared buffer and the temporary directory.
 
     A weakref finalizer: runs on ``close()``, on garbage collection, or at interpreter exit, whichever is first.
+    With generations in flight nobody will collect, the child is terminated at once instead of asked to close.
     """
+    if proc.poll() is None and pending:
+        proc.terminate()
     if proc.poll() is None:
         try:
             conn.send_bytes(pickle.dumps(("close",)))

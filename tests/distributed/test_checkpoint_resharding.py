@@ -85,7 +85,7 @@ def _world_two(root: str, from_world_one: str) -> dict:
     # a damaged newest checkpoint: every rank falls back to the previous one
     checkpoint.save_checkpoint(f"{root}/ddp", 2, wrapped, opt, {"rollout": 2}, CONFIG, dist=dist)
     if dist.is_main:
-        (root_ddp_2 := checkpoint.list_checkpoints(f"{root}/ddp")[-1] / "trainer_state.pt").write_bytes(b"x")
+        (checkpoint.list_checkpoints(f"{root}/ddp")[-1] / "trainer_state.pt").write_bytes(b"x")
     dist.barrier("damaged")
     out["fallback"] = str(checkpoint.latest_intact_checkpoint(f"{root}/ddp", dist))
     out["logs"] = logs.messages

@@ -22,6 +22,7 @@ import torch
 from rapid.config import RapidConfig
 from rapid.engines import make_engine
 from rapid.engines.base import SamplingConfig
+from rapid.engines import remote
 from rapid.engines.remote import ProcessEngine
 from rapid.engines.vllm import EngineError, hf_weights, vllm_available
 from rapid.tiny import build_tiny
@@ -156,6 +157,19 @@ def test_fsdp2_dtensor_weights_are_gathered(engine, trainer):
     assert_same_rollout(rollout, in_process(model, tok))
 
 
+def test_a_sync_from_another_model_fails_and_blocks_generation_until_a_good_sync(engine, trainer):
+    model, tok = trainer
+    deeper, _ = build_tiny(num_layers=3, seed=1)            # layers 0-1 fit the layout and get written, 2 does not
+    version = engine.weights_version
+    with pytest.raises(EngineError, match="not in the engine's layout"):
+        engine.sync_weights(deeper)
+    assert engine.weights_version == version
+    with pytest.raises(EngineError, match="half-way"):
+        engine.submit(PROMPTS, 2, SAMPLING)
+    assert engine.sync_weights(model) == version + 1
+    assert_same_rollout(engine.generate(PROMPTS, 2, SAMPLING), in_process(model, tok))
+
+
 def test_submit_is_async_and_sync_waits_for_the_boundary(engine, trainer):
     model, _ = trainer
     first = engine.submit(PROMPTS, 2, SAMPLING)
@@ -208,12 +222,6 @@ def test_crash_gives_engine_error_within_seconds_and_close_reaps(trainer):
     with pytest.raises(EngineError, match="failed earlier"):
         eng.submit(PROMPTS, 1, SAMPLING)
     eng.close()
-    assert gone(pid)
-
-    eng = ProcessEngine(model, tok, config(), threads=1)        # close with a generation still in flight
-    pid = eng.pid
-    eng.submit(PROMPTS * 4, 4, SamplingConfig(max_new_tokens=64, seed=0))
-    eng.close()
     eng.close()                                                  # idempotent
     assert gone(pid)
     with pytest.raises(EngineError, match="closed"):
@@ -235,12 +243,14 @@ rollout = engine.generate(["1+1="], 2, SamplingConfig(max_new_tokens=8, seed=0))
 print(engine.pid, len(rollout.completion_ids), flush=True)
 if sys.argv[2] == "hang":
     time.sleep(600)
+engine.submit(["1+1="] * 64, 8, SamplingConfig(max_new_tokens=400, seed=0))   # minutes of work, still running
 """
 
 
 @pytest.mark.parametrize("ending", ["hang", "exit"])
 def test_user_script_runs_once_and_the_child_dies_with_the_parent(tmp_path, ending):
-    """hang: the parent is SIGKILLed (no atexit, no finalizer); exit: the script ends without close()."""
+    """hang: the parent is SIGKILLed (no atexit, no finalizer); exit: the script ends without close(), with a
+    generation in flight (the finalizer terminates the child instead of waiting for it)."""
     script, marker = tmp_path / "user_script.py", tmp_path / "executions.txt"
     script.write_text(USER_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -251,11 +261,13 @@ def test_user_script_runs_once_and_the_child_dies_with_the_parent(tmp_path, endi
         assert line, parent.stderr.read()
         child_pid, completions = map(int, line.split())
         assert completions == 2
+        printed = time.monotonic()
         if ending == "hang":
             assert not gone(child_pid)
             parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=60)
         assert wait_gone(child_pid), f"engine process {child_pid} outlived its parent"
+        assert time.monotonic() - printed < remote._CLOSE_GRACE_S, "exit waited for the in-flight generation"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -1,4 +1,5 @@
-"""Checkpoints at world size 1: an interrupted run resumes exactly; saves are atomic, verified by a manifest, and a\ndamaged newest checkpoint falls back to the previous intact one. (World-size changes: tests/distributed.)"""
+"""Checkpoints at world size 1: an interrupted run resumes exactly; saves are atomic, verified by a manifest, and a
+damaged newest checkpoint falls back to the previous intact one. (World-size changes: tests/distributed.)"""
 
 import contextlib
 import hashlib
