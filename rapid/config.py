@@ -22,9 +22,10 @@ class RapidConfig:
     group_size: int = 8
     """K completions sampled per prompt; a group shares the baseline."""
     prompts_per_rollout: int = 64
-    """Prompts per generation call (the large inference batch)."""
+    """Prompts per generation call (the large inference batch); global: split across ranks under torchrun."""
     prompts_per_step: int = 8
-    """Prompts per optimizer step; H = prompts_per_rollout / prompts_per_step steps per rollout."""
+    """Prompts per optimizer step (global); H = prompts_per_rollout / prompts_per_step steps per rollout. Under
+    torchrun it must divide by the world size: each rank trains on its share of every mini-batch."""
     micro_batch_size: int | None = None
     """At most this many sequences per forward/backward (gradient accumulation). None: no sequence cap."""
     micro_batch_tokens: int | None = None
@@ -106,6 +107,12 @@ class RapidConfig:
     dtype: DType = "auto"
     """Compute dtype of the forward/backward and of the engine (auto: bfloat16 on CUDA, float32 on CPU).
     Parameters and optimizer state stay float32 (the master copy) whatever it is; float16 adds a loss scaler."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun (world size > 1): DDP replicas, or FSDP2 fully_shard (parameters, gradients
+    and optimizer state sharded across ranks; bf16 gathers, fp32 master shards) for models that do not fit."""
+    dist_timeout_s: float = 1800.0
+    """Collective timeout under torch.distributed: a crashed or hung rank makes the others fail with an error
+    naming it after this long instead of hanging forever."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~30 % more compute)."""
     max_num_seqs: int | None = 256
@@ -186,6 +193,8 @@ class RapidConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         for name in ("eta", "lr", "temperature"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -252,7 +261,8 @@ RESUMABLE_FIELDS = frozenset({
     "num_rollouts", "output_dir", "resume", "allow_config_change", "save_every", "eval_every", "eval_samples",
     "tensorboard", "wandb", "keep_checkpoints", "max_train_seconds", "progress_bar", "reward_workers",
     "reward_timeout_s", "micro_batch_size", "micro_batch_tokens", "max_num_seqs", "kernel_backend",
-    "gradient_checkpointing", "gpu_memory_utilization", "enforce_eager", "log_completions", "extra",
+    "gradient_checkpointing", "gpu_memory_utilization", "enforce_eager", "log_completions", "extra", "parallel",
+    "dist_timeout_s", "engine",
 })
 
 

@@ -59,8 +59,8 @@ class _NoBar:
         return None
 
 
-def progress_bar(cfg: RapidConfig, initial: int = 0):
-    if not cfg.progress_bar:
+def progress_bar(cfg: RapidConfig, initial: int = 0, enabled: bool = True):
+    if not cfg.progress_bar or not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 

@@ -24,6 +24,7 @@ import rapid_kernels
 from . import algorithms, sampling
 from .algorithms import LossResult
 from .config import RapidConfig
+from .distributed import Dist, full_tensor, no_sync, parallelize
 from .forward import check_packing, completion_hidden, model_parts
 
 
@@ -119,20 +120,26 @@ class Policy:
     accumulated gradients; ``accumulating(last)`` is the context for all but the last micro-batch of a step.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: RapidConfig, device: torch.device, total_steps: int) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: RapidConfig, device: torch.device, total_steps: int,
+                 dist: Dist | None = None) -> None:
         self.cfg = cfg
         self.device = device
+        self.dist = dist if dist is not None else Dist()
         self.compute_dtype = resolve_dtype(cfg, device)
         _to_master(model, self.compute_dtype)
         self.model = model
-        self.loss_module = PolicyLoss(model, cfg, self.compute_dtype)
+        self.loss_module = PolicyLoss(model.to(device), cfg, self.compute_dtype)
         self.loss_module.parts.packed = check_packing(self.loss_module.parts.base, device,
                                                       self.loss_module.parts.weight.shape[0])
-        self.module: torch.nn.Module = self.loss_module
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # the one place parallelism is applied (DDP / FSDP2 under torchrun; unwrapped at world size 1), before the
+        # optimizer is built: FSDP2 replaces the parameters with sharded ones
+        self.module: torch.nn.Module = parallelize(self.loss_module, cfg.parallel, self.compute_dtype, device,
+                                                   self.dist)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
         self.scaler = torch.amp.GradScaler(device.type) if self.compute_dtype == torch.float16 else None
+        self.optimizer.zero_grad(set_to_none=True)   # gradients left on the model by the caller must not leak in
 
     def __call__(self, mb, mode: str = "loss", grad: torch.Tensor | None = None):
         return self.module(mb, mode, grad)
@@ -147,8 +154,7 @@ class Policy:
 
     def accumulating(self, last: bool):
         """Gradient accumulation: no gradient synchronisation before the last micro-batch (a wrapper's no_sync)."""
-        no_sync = getattr(self.module, "no_sync", None)
-        return contextlib.nullcontext() if last or no_sync is None else no_sync()
+        return no_sync(self.module, enabled=not last)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -157,7 +163,7 @@ class Policy:
         """Clip, step, advance the schedule, clear gradients; returns the pre-clip gradient norm (a tensor)."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf)
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -9,6 +9,7 @@ how the engine batches it.
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 from dataclasses import dataclass
 
@@ -25,12 +26,65 @@ class RolloutInfo:
     reward_stats: dict[str, float]
 
 
-def rollout_sampling(cfg: RapidConfig, rollout_index: int, first_key: int, num_prompts: int) -> SamplingConfig:
-    """The behaviour distribution of a training rollout (only RapidConfig's settings shape it)."""
+def rollout_sampling(cfg: RapidConfig, rollout_index: int, first_key: int, num_prompts: int | None = None,
+                     groups: list[int] | None = None) -> SamplingConfig:
+    """The behaviour distribution of a training rollout (only RapidConfig's settings shape it). Prompt ``g`` of the
+    rollout (``groups``, default all ``num_prompts``) is keyed by its global position ``first_key + g``."""
+    groups = list(range(num_prompts or 0)) if groups is None else groups
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                           top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + rollout_index,
                           stop=tuple(cfg.stop) if cfg.stop else None,
-                          prompt_keys=tuple(range(first_key, first_key + num_prompts)))
+                          prompt_keys=tuple(first_key + g for g in groups))
+
+
+def plan_rollout(num_groups: int, h: int, seed: int, rank: int = 0, world_size: int = 1
+                 ) -> tuple[list[int], list[list[int]]]:
+    """The rollout's H mini-batches (a seeded shuffle of its groups into H equal sets) and this rank's part.
+
+    Returns (the global groups this rank generates, scores and trains on — ascending; its mini-batches as indices
+    into that list). Rank r takes every world_size-th group of each mini-batch, so each rank generates only its
+    share and a group never spans ranks (the baseline stays rank-local). The split depends only on ``seed``, so a
+    run resumed at another world size trains on the same mini-batches.
+    """
+    if num_groups % h:
+        raise ValueError(f"{num_groups} groups cannot be split into {h} equal mini-batches")
+    order = list(range(num_groups))
+    random.Random(seed).shuffle(order)
+    per = num_groups // h
+    mine = [order[i * per:(i + 1) * per][rank::world_size] for i in range(h)]
+    local = sorted(g for mb in mine for g in mb)
+    index = {g: i for i, g in enumerate(local)}
+    return local, [[index[g] for g in mb] for mb in mine]
+
+
+def subset_rollout(rollout, groups: list[int]):
+    """The rollout restricted to prompts ``groups`` (each with its n completions), in that order."""
+    n = rollout.n
+    seqs = [g * n + j for g in groups for j in range(n)]
+    pick = lambda xs: [xs[i] for i in seqs] if xs else []            # noqa: E731
+    return dataclasses.replace(rollout, prompts=[rollout.prompts[g] for g in groups],
+                               prompt_ids=[rollout.prompt_ids[g] for g in groups],
+                               completion_ids=pick(rollout.completion_ids), logprobs=pick(rollout.logprobs),
+                               completions=pick(rollout.completions), finished=pick(rollout.finished))
+
+
+def merge_rollouts(parts: list[tuple[list[int], object]]):
+    """One rollout from per-rank parts ``(global groups, rollout)``, ordered by global group (for checkpoints)."""
+    entries = sorted((g, part, i) for groups, part in parts for i, g in enumerate(groups))
+    first = parts[0][1]
+    n = first.n
+    out = dataclasses.replace(first, prompts=[], prompt_ids=[], completion_ids=[], logprobs=[], completions=[],
+                              finished=[], stats={})
+    for _, part, i in entries:
+        out.prompts.append(part.prompts[i])
+        out.prompt_ids.append(part.prompt_ids[i])
+        for j in range(i * n, (i + 1) * n):
+            out.completion_ids.append(part.completion_ids[j])
+            out.logprobs.append(part.logprobs[j])
+            out.completions.append(part.completions[j])
+            if part.finished:
+                out.finished.append(part.finished[j])
+    return out
 
 
 def collect_rollout(engine, model, rows: list[dict], texts: list[str], reward_fn, cfg: RapidConfig,
@@ -89,8 +143,12 @@ def evaluate_rewards(engine, model, rows: list[dict], texts: list[str], reward_f
     ``cfg.eval_samples = n`` also n samples per prompt from the training distribution: ``eval/mean@n`` and the
     unbiased ``eval/pass@k`` (a sample passes when its reward is >= 1). Engine calls are chunked by the engine
     (``max_num_seqs``). ``samples``, when given, receives one row per generation (for eval_completions.jsonl)."""
-    from .rewards import pass_at_k
+    return eval_metrics(eval_records(engine, model, rows, texts, reward_fn, cfg, samples), cfg.eval_samples)
 
+
+def eval_records(engine, model, rows: list[dict], texts: list[str], reward_fn, cfg: RapidConfig,
+                 samples: list[dict] | None = None) -> list[dict]:
+    """One record per eval prompt: greedy reward, its length, whether scoring failed, the sampled rewards."""
     stop = tuple(cfg.stop) if cfg.stop else None
     engine.wake()
     engine.sync_weights(model)
@@ -100,24 +158,47 @@ def evaluate_rewards(engine, model, rows: list[dict], texts: list[str], reward_f
     if cfg.eval_samples:
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                   top_p=cfg.top_p, seed=cfg.seed * 1_000_003 - 1, stop=stop,
-                                  prompt_keys=tuple(range(len(texts))))
+                                  prompt_keys=tuple(hash_key(row) for row in rows))
         sampled = engine.generate(texts, cfg.eval_samples, sampling)
     engine.sleep()
-    rewards, reward_stats = score_rows(reward_fn, cfg, greedy, rows)
-    metrics = {"eval/reward": statistics.fmean(rewards), "eval/errors": reward_stats["reward/errors"],
-               "eval/response_length": statistics.fmean(len(c) for c in greedy.completion_ids)}
+    if not texts:
+        return []
+    rewards, _ = score_rows(reward_fn, cfg, greedy, rows)
+    records = [{"reward": r, "length": len(ids)} for r, ids in zip(rewards, greedy.completion_ids)]
     _record(samples, "greedy", rows, greedy, rewards)
     if sampled is not None:
         n = cfg.eval_samples
         s_rewards, _ = score_rows(reward_fn, cfg, sampled, rows)
-        metrics[f"eval/mean@{n}"] = statistics.fmean(s_rewards)
-        correct = [sum(r >= 1.0 for r in s_rewards[i * n:(i + 1) * n]) for i in range(len(rows))]
+        for i, record in enumerate(records):
+            record["sampled"] = s_rewards[i * n:(i + 1) * n]
+        _record(samples, "sampled", rows, sampled, s_rewards)
+    return records
+
+
+def eval_metrics(records: list[dict], n: int) -> dict:
+    """eval/reward (greedy), eval/response_length and, with n samples per prompt, eval/mean@n and eval/pass@k."""
+    from .rewards import pass_at_k
+
+    if not records:
+        return {}
+    metrics = {"eval/reward": statistics.fmean(r["reward"] for r in records),
+               "eval/response_length": statistics.fmean(r["length"] for r in records)}
+    if n and all("sampled" in r for r in records):
+        metrics[f"eval/mean@{n}"] = statistics.fmean(x for r in records for x in r["sampled"])
+        correct = [sum(x >= 1.0 for x in r["sampled"]) for r in records]
         k = 1
         while k <= n:
             metrics[f"eval/pass@{k}"] = statistics.fmean(pass_at_k(n, c, k) for c in correct)
             k *= 2
-        _record(samples, "sampled", rows, sampled, s_rewards)
     return metrics
+
+
+def hash_key(row: dict) -> int:
+    """A stable per-row key (the eval sampling seed of a prompt does not depend on which rank evaluates it)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(row.get("prompt")).encode()).digest()
+    return int.from_bytes(digest[:7], "little")
 
 
 def _record(samples: list[dict] | None, kind: str, rows: list[dict], rollout, rewards: list[float]) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,15 +39,20 @@ import torch
 from . import checkpoint, data
 from .adaptive import AdaptiveH
 from .config import RapidConfig
+from .distributed import check_parallel, init_distributed, main_logger
 from .engines import make_engine
 from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
+from .model_args import check_output_dir, resolve_model_arg
 from .model_utils import apply_peft, context_length, load_model, load_tokenizer, training_device
 from .policy import Policy
-from .rollout import collect_rollout, completion_rows, evaluate_rewards, rollout_metrics, rollout_sampling
+from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, evaluate_rewards, plan_rollout,
+                      rollout_metrics, rollout_sampling)
+from .session import Pending, Session, engine_copy, share
 from .update import recompute_behavior, update
 
 logger = logging.getLogger(__name__)
+log = main_logger(__name__)                # rank 0 only under torchrun
 
 __all__ = ["TrainResult", "evaluate_rewards", "train"]
 
@@ -68,8 +72,10 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     """Fine-tune ``model`` with RAPID (or GRPG / GRPO, ``config.algo``) on ``dataset`` scored by ``reward_fn``.
 
     Args:
-        model: an HF model id, a local model directory, or a ``PreTrainedModel`` instance (then pass
-            ``tokenizer``). Its parameters become the fp32 master copy (``config.dtype`` is the compute dtype).
+        model: an HF model id, a local model directory, ``"tiny"`` (the demo's warm-started tiny model, built and
+            cached on first use), or a ``PreTrainedModel`` instance (then pass ``tokenizer``). A local-looking path
+            that does not exist fails at once. Its parameters become the fp32 master copy (``config.dtype`` is the
+            compute dtype).
         dataset: rows (a list of dicts or a ``datasets.Dataset``) with a ``"prompt"`` — a string, or a list of
             ``{"role", "content"}`` chat messages rendered with the tokenizer's chat template — plus the columns
             ``reward_fn`` needs (e.g. ``"answer"``).
@@ -97,6 +103,11 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         raise ValueError(f"config must be a RapidConfig, got {type(cfg).__name__}")
 
     # ---- validate everything cheap before anything expensive ------------------------------------------------
+    if cfg.output_dir:
+        check_output_dir(cfg.output_dir)
+    if isinstance(model, str):                    # "tiny", a local directory (checked at once) or a hub id
+        model, found = resolve_model_arg(model)
+        tokenizer = tokenizer if tokenizer is not None else found
     rows = data.as_rows(dataset, "dataset")
     data.check_columns(rows, reward_fn, "dataset")
     eval_rows = data.as_rows(eval_dataset, "eval_dataset") if eval_dataset is not None else None
@@ -120,56 +131,57 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         raise ValueError(f"micro_batch_tokens ({cfg.micro_batch_tokens}) is smaller than the longest prompt "
                          f"({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}): one sequence must fit")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    if out_dir is not None:
-        check_output_dir(out_dir)
-    last = checkpoint.latest_checkpoint(out_dir / "checkpoints") if cfg.resume and out_dir else None
+    check_parallel(cfg.parallel)
+
+    # ---- the process group (torchrun), then everything per rank --------------------------------------------------
+    dist = init_distributed(cfg.dist_timeout_s)
+    if cfg.prompts_per_step % dist.world_size:
+        raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be divisible by the world size "
+                         f"({dist.world_size}): batch sizes are global and each rank trains on an equal share")
+    dist.check_same_config(cfg.to_dict())
+    root = out_dir / "checkpoints" if out_dir else None
+    last = checkpoint.latest_intact_checkpoint(root, dist) if cfg.resume and root else None
     if last is not None:
         check_resume_config(cfg, last)
     data.probe_reward(reward_fn, rows, cfg.reward_timeout_s)
-    logger.info("rapid config: %s", json.dumps(cfg.to_dict(), default=str))
+    log.info("rapid config: %s", json.dumps(cfg.to_dict(), default=str))
 
     # ---- seed, model, policy, engine, profiler ------------------------------------------------------------------
     seed_everything(cfg.seed)                      # before LoRA init: two runs with one seed are identical
-    device = training_device()
+    device = dist.device if dist.active else training_device()
     model = load_model(model, cfg, device)
     if peft_config is not None:
         model = apply_peft(model, peft_config)
-    policy = Policy(model, cfg, device, total_steps=cfg.num_rollouts * cfg.steps_per_rollout)
+    sharded = dist.active and cfg.parallel == "fsdp"
+    engine_model = engine_copy(model) if sharded else model     # HF engine under FSDP2: its own full copy
+    policy = Policy(model, cfg, device, total_steps=cfg.num_rollouts * cfg.steps_per_rollout, dist=dist)
+    main = dist.is_main
     summary: list[str | None] = []                # the profiler's table, filled when it closes
     with contextlib.ExitStack() as cleanup:
-        engine = make_engine(cfg, model, tokenizer, out_dir, dtype=policy.compute_dtype)
+        cleanup.callback(_quietly, dist.close, "closing the process group")
+        workdir = out_dir / f"engine-rank{dist.rank}" if out_dir is not None and dist.active else out_dir
+        engine = make_engine(cfg, engine_model, tokenizer, workdir, dtype=policy.compute_dtype)
         cleanup.callback(_quietly, engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
-        profiler = make_profiler(device, out_dir, policy.num_params)
+        profiler = make_profiler(device, out_dir if main else None, policy.num_params)
         cleanup.callback(_quietly, lambda: summary.append(_close_profiler(profiler)), "writing the profile")
         controller = AdaptiveH(cfg) if cfg.adaptive_h else None
-        completions = CompletionLog(str(out_dir) if out_dir and cfg.log_completions else None)
+        completions = CompletionLog(str(out_dir) if out_dir and cfg.log_completions and main else None)
         no_signal = 0                              # consecutive rollouts in which every group had equal rewards
+        run = Session(cfg, dist, policy, controller, data.PromptSampler(rows, cfg.seed))
 
         # ---- resume ----------------------------------------------------------------------------------------------
-        state = {"rollout": 0, "prompts_consumed": 0, "global_step": 0, "train_seconds": 0.0, "history": [],
-                 "pending": None}
         if cfg.resume and last is None:
-            logger.warning("resume=True but no checkpoint under %s: starting fresh", out_dir)
+            log.warning("resume=True but no intact checkpoint under %s: starting fresh", root)
         if last is not None:
-            state.update(checkpoint.load_checkpoint(last, policy.model, policy.optimizer))
-            policy.load_state_dict(state.pop("policy"))
-            if controller is not None and state.get("adaptive_h") is not None:
-                controller.load_state_dict(state["adaptive_h"])
-        history: list[dict] = state["history"]
-        sink = MetricsSink(out_dir, cfg, history, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                           resume_rollout=state["rollout"] if last is not None else None)
+            run.load(last)
+        sink = MetricsSink(out_dir if main else None, cfg, run.history, tensorboard=cfg.tensorboard and main,
+                           wandb=cfg.wandb and main, resume_rollout=run.rollout if last is not None else None)
         cleanup.callback(_quietly, sink.close, "closing the metrics log")
-        sampler = data.PromptSampler(rows, cfg.seed, state["prompts_consumed"])
 
         def save() -> None:
-            if out_dir is None:
-                return
-            with profiler.phase("save"):
-                state.update(prompts_consumed=sampler.consumed, history=history, policy=policy.state_dict(),
-                             adaptive_h=controller.state_dict() if controller is not None else None)
-                checkpoint.save_checkpoint(out_dir / "checkpoints", state["rollout"], policy.model,
-                                           policy.optimizer, state, cfg.to_dict(), keep=cfg.keep_checkpoints)
-                state.pop("policy")
+            if root is not None:
+                with profiler.phase("save"):
+                    run.save(root)
 
         def evaluate() -> dict[str, float]:
             metrics: dict[str, float] = {}
@@ -179,94 +191,105 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                                     for k, v in eval_fn(model, tokenizer).items()})
                 if eval_rows is not None:
                     samples: list[dict] | None = [] if completions.output_dir else None
-                    metrics.update(evaluate_rewards(engine, model, eval_rows, eval_texts, reward_fn, cfg, samples))
-                    completions.write(samples or [], state["rollout"], eval_=True)
+                    records = eval_records(engine, model, share(eval_rows, dist), share(eval_texts, dist),
+                                           reward_fn, cfg, samples)
+                    metrics.update(eval_metrics(run.gather_records(records), cfg.eval_samples))
+                    completions.write(samples or [], run.rollout, eval_=True)
             return metrics
 
         # ---- the loop -------------------------------------------------------------------------------------------
         interrupted = False
-        if state["rollout"] == 0 and state["pending"] is None and (eval_rows is not None or eval_fn is not None):
+        if run.rollout == 0 and run.pending is None and (eval_rows is not None or eval_fn is not None):
             sink.log({"rollout": 0, "time/train_s": 0.0, **evaluate()})
-        bar = progress_bar(cfg, initial=state["rollout"])
+        bar = progress_bar(cfg, initial=run.rollout, enabled=main)
         with StopFlag() as stop:
-            while state["rollout"] < cfg.num_rollouts and not stop.requested:
-                if cfg.max_train_seconds is not None and state["train_seconds"] >= cfg.max_train_seconds:
+            while run.rollout < cfg.num_rollouts and not stop.requested:
+                if cfg.max_train_seconds is not None and run.train_seconds >= cfg.max_train_seconds:
                     break
                 profiler.start_rollout()
                 t_start = time.perf_counter()
-                pending = state["pending"]
-                if pending is None:                 # a new rollout (else: the rest of an interrupted one)
+                if run.pending is None:             # a new rollout (else: the rest of an interrupted one)
                     h = controller.next_h() if controller is not None else cfg.steps_per_rollout
-                    first_key = sampler.consumed
-                    idx = sampler.take_indices(h * cfg.prompts_per_step)
-                    sampling = rollout_sampling(cfg, state["rollout"], first_key, len(idx))
-                    buffer, info = collect_rollout(engine, model, [rows[i] for i in idx], [texts[i] for i in idx],
-                                                   reward_fn, cfg, sampling, profiler, lambda: stop.requested)
+                    h = dist.broadcast_object(h)                    # rank 0 decides H
+                    first_key = run.sampler.consumed
+                    idx = run.sampler.take_indices(h * cfg.prompts_per_step)
+                    groups, plan = plan_rollout(len(idx), h, run.minibatch_seed(run.rollout), dist.rank,
+                                                dist.world_size)
+                    sampling = rollout_sampling(cfg, run.rollout, first_key, groups=groups)
+                    buffer, info = collect_rollout(engine, model, [rows[idx[g]] for g in groups],
+                                                   [texts[idx[g]] for g in groups], reward_fn, cfg, sampling,
+                                                   profiler, lambda: stop.requested)
                     if cfg.behavior_source == "recompute":
                         with profiler.phase("old_log_prob"):
                             recompute_behavior(policy, buffer)
-                    pending = {"buffer": buffer, "info": info, "h": h, "next_step": 0, "step_stats": [],
-                               "tokens": 0}
+                    run.pending = Pending(buffer=buffer, info=info, h=h, groups=groups, plan=plan,
+                                          num_groups=len(idx), weights_step=run.global_step)
+                pending = run.pending
 
                 def on_step(j: int, stats: dict[str, float]) -> bool:
-                    pending["step_stats"].append(stats)
-                    pending["next_step"] = j + 1
-                    state["global_step"] += 1
+                    stats["rapid/staleness"] = float(run.global_step - pending.weights_step)
+                    pending.step_stats.append(stats)
+                    pending.next_step = j + 1
+                    run.global_step += 1
                     if controller is not None:
                         controller.observe_step(stats)
-                    if stop.requested and j + 1 < pending["h"]:
-                        logger.warning("interrupt: saving the rollout with %d of %d steps left", pending["h"] - j - 1,
-                                       pending["h"])
+                    stopping = bool(dist.all_reduce(float(stop.requested), "max"))   # every rank stops together
+                    if stopping and j + 1 < pending.h:
+                        log.warning("interrupt: saving the rollout with %d of %d steps left", pending.h - j - 1,
+                                    pending.h)
+                        stop.requested = True
                         return False
                     return True
 
                 with profiler.phase("update_actor"):
-                    _, tokens = update(policy, pending["buffer"], pending["h"], seed=cfg.seed * 7_919 + state["rollout"],
-                                       start=pending["next_step"], on_step=on_step)
-                pending["tokens"] += tokens
+                    _, tokens = update(policy, pending.buffer, pending.plan, start=pending.next_step,
+                                       on_step=on_step)
+                pending.tokens += tokens
                 profiler.add_tokens("update_actor", tokens)
                 step_s = time.perf_counter() - t_start
-                state["train_seconds"] += step_s
-                if pending["next_step"] < pending["h"]:            # interrupted inside the rollout
-                    state["pending"] = pending
+                run.train_seconds += step_s
+                if pending.next_step < pending.h:                 # interrupted inside the rollout
                     break
-                state["pending"] = None
-                state["rollout"] += 1
-                buffer, info = pending["buffer"], pending["info"]
+                run.pending = None
+                run.rollout += 1
+                buffer, info = pending.buffer, pending.info
                 if cfg.log_completions:
-                    completions.write(completion_rows(buffer, info, cfg.log_completions, cfg.seed + state["rollout"]),
-                                      state["rollout"])
-                no_signal = no_signal + 1 if all(map(buffer.zero_variance, range(buffer.num_groups))) else 0
-                if no_signal == NO_SIGNAL_WARN_AFTER or (no_signal and no_signal % 10 == 0):
-                    warn_no_signal(no_signal, buffer.rewards)
+                    completions.write(completion_rows(buffer, info, cfg.log_completions, cfg.seed + run.rollout),
+                                      run.rollout)
                 metrics = profiler.end_rollout()
-                metrics.update(rollout_metrics(pending["buffer"], pending["info"], pending["step_stats"]))
-                metrics.update({"rollout": state["rollout"], "global_step": state["global_step"],
-                                "time/train_s": state["train_seconds"],
-                                "perf/samples_per_s": len(pending["buffer"].rewards) / step_s})
+                metrics.update(rollout_metrics(buffer, info, pending.step_stats))
+                metrics = dist.reduce_metrics(metrics)            # timings: slowest rank; diagnostics: mean
+                metrics.update(run.rollout_totals(buffer))        # rewards and lengths of the whole rollout
+                metrics.update({"rollout": run.rollout, "global_step": run.global_step,
+                                "time/train_s": run.train_seconds,
+                                "perf/samples_per_s": metrics.pop("perf/samples") / step_s})
+                no_signal = no_signal + 1 if metrics["reward/std"] == 0 or all(
+                    map(buffer.zero_variance, range(buffer.num_groups))) else 0
+                if no_signal == NO_SIGNAL_WARN_AFTER or (no_signal and no_signal % 10 == 0):
+                    warn_no_signal(log, no_signal, metrics["reward/mean"])
                 if controller is not None:
                     controller.update(metrics)
                     metrics.update(controller.state())
-                if cfg.eval_every and state["rollout"] % cfg.eval_every == 0 and state["rollout"] < cfg.num_rollouts:
+                if cfg.eval_every and run.rollout % cfg.eval_every == 0 and run.rollout < cfg.num_rollouts:
                     metrics.update(evaluate())
                 sink.log(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                                 tok_s=f"{metrics.get('perf/throughput', 0.0):.0f}")
-                if cfg.save_every and state["rollout"] % cfg.save_every == 0 and not stop.requested:
+                dist.barrier(f"rollout {run.rollout}")            # a crashed or hung rank is named here
+                if cfg.save_every and run.rollout % cfg.save_every == 0 and not stop.requested:
                     save()
                 if controller is not None and controller.exhausted:
                     break                                   # the controller's step budget is spent
             interrupted = stop.requested
             bar.close()
             if not interrupted and (eval_rows is not None or eval_fn is not None) and not _evaluated_at(
-                    history, state["rollout"]):
-                sink.log({"rollout": state["rollout"], "time/train_s": state["train_seconds"], "final": True,
-                          **evaluate()})
+                    run.history, run.rollout):
+                sink.log({"rollout": run.rollout, "time/train_s": run.train_seconds, "final": True, **evaluate()})
             save()
-    if out_dir is not None and not interrupted:
-        save_final_model(model, tokenizer, out_dir)
-    return TrainResult(model=model, tokenizer=tokenizer, history=history,
+        if out_dir is not None and not interrupted:
+            save_final_model(policy, tokenizer, out_dir)
+    return TrainResult(model=model, tokenizer=tokenizer, history=run.history,
                        output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,
                        profile_summary=summary[0] if summary else None)
 
@@ -274,26 +297,13 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
 NO_SIGNAL_WARN_AFTER = 3
 
 
-def warn_no_signal(rollouts: int, rewards: list[float]) -> None:
-    logger.warning(
-        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's %d samples got the same reward "
+def warn_no_signal(log, rollouts: int, reward_mean: float) -> None:
+    log.warning(
+        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's samples got the same reward "
         "(reward/mean %.3f), so every advantage is zero and the model does not change. Check the reward function "
         "on a few completions (log_completions=8 writes them to completions.jsonl), raise temperature or "
         "group_size, or start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
-        rollouts, len(rewards), sum(rewards) / max(len(rewards), 1))
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """output_dir must be a directory we can write (checked before any model loads)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output_dir {out_dir} exists and is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".rapid-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"output_dir {out_dir} is not writable: {err}") from err
+        rollouts, reward_mean)
 
 
 def check_resume_config(cfg: RapidConfig, last: Path) -> None:
@@ -308,16 +318,29 @@ def check_resume_config(cfg: RapidConfig, last: Path) -> None:
                          "(--allow-config-change) to continue anyway, or use another output_dir")
 
 
-def save_final_model(model, tokenizer, out_dir: Path) -> None:
-    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads. A LoRA run also
-    writes the adapter alone to ``output_dir/adapter``; ``model`` then holds the merged weights."""
-    target = model
-    if hasattr(model, "peft_config"):
-        import copy
+def save_final_model(policy, tokenizer, out_dir: Path) -> None:
+    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0 (under
+    FSDP2 from the full state dict, gathered to CPU). A LoRA run also writes the adapter alone to
+    ``output_dir/adapter``; ``model`` then holds the merged weights."""
+    import copy
 
-        model.save_pretrained(out_dir / "adapter")
-        target = copy.deepcopy(model).merge_and_unload()
-    target.save_pretrained(out_dir / "model")
+    model, dist = policy.model, policy.dist
+    state = None
+    if dist.active and policy.cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not dist.is_main:
+        return
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out_dir / "adapter", state_dict=state)
+        if state is not None:
+            logger.warning("FSDP2 + LoRA: saved the adapter (%s); merge it into the base model to evaluate",
+                           out_dir / "adapter")
+            return
+        copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir / "model")
+    else:
+        model.save_pretrained(out_dir / "model", state_dict=state)
     tokenizer.save_pretrained(out_dir / "model")
 
 

@@ -8,6 +8,11 @@ One optimizer step = one mini-batch of whole groups. Two ways to accumulate its 
   couple the sequences of a group, so a no-grad pass first computes every token's log-prob, then the coefficient
   g_t = ∂L/∂log π(y_t) of the whole mini-batch's loss (``algorithms.token_coefficients``), and the backward runs
   over micro-batches of any size with those coefficients fixed. Costs one extra forward; equals the whole step.
+
+Data parallel (rapid.distributed): a mini-batch's groups are split across ranks (rapid.rollout.plan_rollout), the
+normaliser ``total`` is all-reduced, and each rank's loss is its share × world size because the wrapper averages
+gradients. Every rank runs the same number of forwards and backwards per phase (FSDP2 gathers parameters in each
+one; DDP needs one synchronised backward per step): ranks with fewer micro-batches add zero-weight ones.
 """
 
 from __future__ import annotations
@@ -23,28 +28,30 @@ from .buffer import MicroBatch, RolloutBuffer
 from .policy import Policy
 
 
-def update(policy: Policy, buffer: RolloutBuffer, h: int, seed: int, start: int = 0,
+def update(policy: Policy, buffer: RolloutBuffer, plan: list[list[int]], start: int = 0,
            on_step: Callable[[int, dict[str, float]], bool] | None = None) -> tuple[list[dict], int]:
-    """Optimizer steps ``start`` … H−1 on disjoint whole-group mini-batches of one rollout (the split into H
-    mini-batches depends only on ``seed``, so an interrupted rollout resumes with the same ones).
+    """Optimizer steps ``start`` … H−1; ``plan[j]`` lists this rank's groups (buffer indices) of mini-batch j.
 
     ``on_step(j, stats)`` runs after step j; returning False stops the update early (an interrupt). Returns the
-    per-step diagnostics and the number of tokens trained on.
+    per-step diagnostics and the number of tokens trained on here.
     """
-    cfg = policy.cfg
+    cfg, dist = policy.cfg, policy.dist
     step_stats: list[dict[str, float]] = []
     tokens = 0
-    for j, groups in enumerate(buffer.minibatches(h, seed)):
+    for j, groups in enumerate(plan):
         if j < start:
             continue
-        total = _normaliser(cfg.algo, buffer, groups)     # of the whole mini-batch, skipped groups included
+        # the normaliser of the whole mini-batch (all ranks, skipped groups included)
+        total = int(dist.all_reduce(float(_normaliser(cfg.algo, buffer, groups))))
         kept = [g for g in groups if not buffer.zero_variance(g)] if cfg.filter_groups else groups
         micro, split = buffer.micro_batches(buffer.sequences(kept), cfg.micro_batch_tokens, cfg.micro_batch_size,
                                             policy.device)
-        if not micro:
-            stats = _empty_step(policy)                   # every group skipped: the optimizer still steps
+        split = bool(dist.all_reduce(float(split), "max"))  # every rank takes the same path (same collectives)
+        scale = float(dist.world_size)                       # the wrapper averages gradients over ranks
+        if split:
+            stats = two_phase_step(policy, buffer, micro, total, scale)
         else:
-            stats = two_phase_step(policy, micro, total) if split else one_phase_step(policy, micro, total)
+            stats = one_phase_step(policy, buffer, micro, total, scale)
         stats["rapid/staleness"] = float(j)              # optimizer steps since the rollout's weights
         stats["rapid/split_groups"] = float(split)
         stats["rapid/skipped_groups"] = float(len(groups) - len(kept))
@@ -59,57 +66,70 @@ def _normaliser(algo: str, buffer: RolloutBuffer, groups: list[int]) -> int:
     """What the mini-batch loss divides by: its sequences (rapid, grpg) or completion tokens (grpo)."""
     seqs = buffer.sequences(groups)
     if algo == "grpo":
-        return max(1, sum(len(buffer.rollout.completion_ids[s]) for s in seqs))
-    return max(1, len(seqs))
+        return sum(len(buffer.rollout.completion_ids[s]) for s in seqs)
+    return len(seqs)
 
 
-def _empty_step(policy: Policy) -> dict[str, float]:
-    """A mini-batch whose groups were all skipped: zero gradient, but AdamW's step (momentum, decay) still runs,
-    so filtering changes nothing on-policy."""
-    for p in policy.params:
-        p.grad = torch.zeros_like(p)
-    return _finish(policy, {}, {}, 0.0, 0)
+def _padded(policy: Policy, buffer: RolloutBuffer, micro: list[MicroBatch]) -> list[tuple[MicroBatch, bool]]:
+    """(micro-batch, real) pairs, padded with zero-weight copies of a one-sequence micro-batch up to the largest
+    count of any rank (and at least one), so collectives line up across ranks."""
+    want = max(1, int(policy.dist.all_reduce(float(len(micro)), "max")))   # ≥ 1: AdamW steps even when all skip
+    out = [(mb, True) for mb in micro]
+    if len(out) < want:
+        dummy = micro[0] if micro else buffer.pack([0], policy.device)
+        out += [(dummy, False)] * (want - len(out))
+    return out
 
 
-def one_phase_step(policy: Policy, micro: list[MicroBatch], total: int | None = None) -> dict[str, float]:
+def one_phase_step(policy: Policy, buffer: RolloutBuffer, micro: list[MicroBatch], total: int,
+                   scale: float = 1.0) -> dict[str, float]:
     """Whole groups per micro-batch: loss per micro-batch, weighted by its share of the mini-batch."""
     cfg = policy.cfg
-    counts = [mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro]
-    total = total or max(sum(counts), 1)
+    total = max(total, 1)
     sums: dict[str, torch.Tensor] = {}          # count-weighted diagnostics, kept on the device until the end
     maxima: dict[str, torch.Tensor] = {}
     diff_sum: torch.Tensor | float = 0.0
-    for i, (mb, count) in enumerate(zip(micro, counts)):
-        weight = count / total
-        with policy.accumulating(last=i == len(micro) - 1):
+    padded = _padded(policy, buffer, micro)
+    local = max(1, sum(mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs for mb in micro))
+    for i, (mb, real) in enumerate(padded):
+        count = mb.batch.num_tokens if cfg.algo == "grpo" else mb.batch.num_seqs
+        weight = count / total if real else 0.0
+        with policy.accumulating(last=i == len(padded) - 1):
             res = policy(mb, "loss")
-            policy.backward(res.loss * weight)
-        _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, weight)
-        diff_sum = diff_sum + (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum()
+            policy.backward(res.loss * (weight * scale))
+        if real:
+            _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, count / local)
+            diff_sum = diff_sum + (res.token_logprobs - mb.batch.behavior_logprobs).abs().sum()
     return _finish(policy, sums, maxima, diff_sum, sum(mb.batch.num_tokens for mb in micro))
 
 
-def two_phase_step(policy: Policy, micro: list[MicroBatch], total: int | None = None) -> dict[str, float]:
+def two_phase_step(policy: Policy, buffer: RolloutBuffer, micro: list[MicroBatch], total: int,
+                   scale: float = 1.0) -> dict[str, float]:
     """A micro-batch splits a group: fix the per-token coefficients first, then backpropagate them."""
+    padded = _padded(policy, buffer, micro)
     with torch.no_grad():
-        logprobs = [policy(mb, "logprobs") for mb in micro]                                    # each (N_i,)
-    full = _concat([mb.batch for mb in micro])
-    lp = torch.cat(logprobs)                                                                   # (N,)
-    grad, res = algorithms.token_coefficients(policy.cfg, full, lp)                            # (N,)
-    own = full.num_tokens if policy.cfg.algo == "grpo" else full.num_seqs
-    if total is not None and total != own:                 # skipped groups still count in the normalisation
-        grad = grad * (own / total)
-    offset = 0
-    for i, mb in enumerate(micro):
-        n = mb.batch.num_tokens
-        with policy.accumulating(last=i == len(micro) - 1):
-            policy.backward(policy(mb, "coef", grad[offset:offset + n]).loss)
-        offset += n
+        logprobs = [policy(mb, "logprobs") for mb, _ in padded][:len(micro)]                    # each (N_i,)
     sums: dict[str, torch.Tensor] = {}
     maxima: dict[str, torch.Tensor] = {}
-    _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, 1.0)
-    diff = (lp - full.behavior_logprobs).abs().sum()
-    return _finish(policy, sums, maxima, diff, full.num_tokens)
+    grad = None
+    diff: torch.Tensor | float = 0.0
+    full = None
+    if micro:
+        full = _concat([mb.batch for mb in micro])
+        lp = torch.cat(logprobs)                                                              # (N,)
+        grad, res = algorithms.token_coefficients(policy.cfg, full, lp)                        # (N,)
+        own = full.num_tokens if policy.cfg.algo == "grpo" else full.num_seqs
+        grad = grad * (own / max(total, 1) * scale)       # the whole mini-batch's normalisation, all ranks
+        _accumulate(sums, maxima, {"actor/loss": res.loss.detach(), **res.stats}, 1.0)
+        diff = (lp - full.behavior_logprobs).abs().sum()
+    offset = 0
+    for i, (mb, real) in enumerate(padded):
+        n = mb.batch.num_tokens
+        g = grad[offset:offset + n] if real else torch.zeros(n, device=policy.device)
+        with policy.accumulating(last=i == len(padded) - 1):
+            policy.backward(policy(mb, "coef", g).loss)
+        offset += n if real else 0
+    return _finish(policy, sums, maxima, diff, full.num_tokens if full is not None else 0)
 
 
 def _accumulate(sums: dict, maxima: dict, stats: dict[str, torch.Tensor], weight: float) -> None:
@@ -125,7 +145,8 @@ def _accumulate(sums: dict, maxima: dict, stats: dict[str, torch.Tensor], weight
 def _finish(policy: Policy, sums: dict, maxima: dict, diff_sum, num_tokens: int) -> dict[str, float]:
     sums.update(maxima)
     sums["actor/grad_norm"] = policy.step()
-    sums["engine_logprob_diff"] = diff_sum / max(num_tokens, 1)
+    if num_tokens:
+        sums["engine_logprob_diff"] = diff_sum / num_tokens
     stats = algorithms.diagnostics(sums)        # one device-to-host transfer per step, not one per statistic
     stats["actor/lr"] = policy.lr
     return stats
@@ -153,12 +174,14 @@ def recompute_behavior(policy: Policy, buffer: RolloutBuffer) -> float:
     diff_sum, n = 0.0, 0
     micro, _ = buffer.micro_batches(seqs, cfg.micro_batch_tokens, cfg.micro_batch_size or cfg.max_num_seqs,
                                     policy.device)
-    for mb in micro:
+    for mb, real in _padded(policy, buffer, micro):
         lp = policy(mb, "logprobs")                                                            # (N_i,)
+        if not real:
+            continue
         diff_sum += (lp - mb.batch.behavior_logprobs).abs().sum().item()
         n += lp.numel()
         cu = mb.batch.cu_seqlens.tolist()
         for i, s in enumerate(mb.seq_index):
             recomputed[s] = lp[cu[i]:cu[i + 1]]
     buffer.set_behavior(recomputed)            # type: ignore[arg-type]
-    return diff_sum / max(n, 1) if n else math.nan
+    return diff_sum / n if n else math.nan

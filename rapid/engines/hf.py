@@ -100,8 +100,19 @@ class HFEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        if model is not self.model:
-            raise ValueError("HFEngine generates from the trainer's model object; it cannot sync another model")
+        """Nothing to do when the engine generates from the trainer's own model object; with its own copy (FSDP2
+        training), copy the trainer's weights in by HF name — gathered one tensor at a time, LoRA merged."""
+        if model is self.model:
+            return
+        from .vllm import hf_weights
+
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in hf_weights(model):
+                target = own.get(name)
+                if target is None:
+                    raise ValueError(f"HFEngine.sync_weights: the engine's model has no parameter {name!r}")
+                target.copy_(tensor)
 
     def sleep(self) -> None:
         return None

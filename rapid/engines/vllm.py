@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..config import RapidConfig
+from ..distributed import full_tensor
 from ..sampling import row_seeds
 from . import _vllm_compat as compat
 from .base import Rollout, SamplingConfig
@@ -361,6 +362,7 @@ def hf_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iter
         with torch.no_grad():
             params = _module_tensors(module)
         for pname, tensor in params:
+            tensor = full_tensor(tensor)             # an FSDP2 shard is gathered here, one tensor at a time
             name = prefix + pname
             for wrapper in _WRAPPER_PREFIXES:
                 name = name.removeprefix(wrapper)
