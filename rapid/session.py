@@ -141,4 +141,7 @@ def engine_copy(model: torch.nn.Module) -> torch.nn.Module:
     sharded training model: ranks stop at different lengths, and its forward gathers collectively)."""
     import copy
 
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    replica = copy.deepcopy(model)
+    if hasattr(replica, "merge_and_unload"):          # LoRA: the engine runs merged weights under plain HF names
+        replica = replica.merge_and_unload()
+    return replica.eval().requires_grad_(False)

@@ -41,6 +41,7 @@ from .adaptive import AdaptiveH
 from .config import RapidConfig
 from .distributed import check_parallel, init_distributed, main_logger
 from .engines import make_engine
+from .engines.hf import copy_weights
 from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
 from .model_args import check_output_dir, resolve_model_arg
@@ -289,6 +290,9 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             save()
         if out_dir is not None and not interrupted:
             save_final_model(policy, tokenizer, out_dir)
+        if sharded:                 # FSDP2 shards die with the process group: return the full weights instead
+            copy_weights(model, engine_model)
+            model = engine_model.float().train()
     return TrainResult(model=model, tokenizer=tokenizer, history=run.history,
                        output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,
                        profile_summary=summary[0] if summary else None)

@@ -102,17 +102,8 @@ class HFEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Nothing to do when the engine generates from the trainer's own model object; with its own copy (FSDP2
         training), copy the trainer's weights in by HF name — gathered one tensor at a time, LoRA merged."""
-        if model is self.model:
-            return
-        from .vllm import hf_weights
-
-        own = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in hf_weights(model):
-                target = own.get(name)
-                if target is None:
-                    raise ValueError(f"HFEngine.sync_weights: the engine's model has no parameter {name!r}")
-                target.copy_(tensor)
+        if model is not self.model:
+            copy_weights(model, self.model)
 
     def sleep(self) -> None:
         return None
@@ -202,6 +193,19 @@ def _before_stop(text: str, stop) -> str:
     """The completion's text up to (not including) the first stop string, as vLLM returns it."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return text[:min(cuts)] if cuts else text
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy ``source``'s weights into the plain HF model ``target`` by HF name: FSDP2 shards gathered one tensor at
+    a time, LoRA deltas merged (``rapid.engines.vllm.hf_weights``). Collective under FSDP2: every rank calls it."""
+    from .vllm import hf_weights
+
+    own = dict(target.named_parameters())
+    with torch.no_grad():
+        for name, tensor in hf_weights(source):
+            if name not in own:
+                raise ValueError(f"copy_weights: the target model has no parameter {name!r}")
+            own[name].copy_(tensor)
 
 
 @contextlib.contextmanager
