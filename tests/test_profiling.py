@@ -229,7 +229,8 @@ def test_generation_lane_from_another_process_clock(tmp_path):
     profile = json.loads((run / "profile.json").read_text())
     (_, start, end), = [e for e in profile["events"] if e[0] == "gen_wait"]
     first = profile["lanes"]["gen"][0]
-    assert first[0] == "gen" and first[1] == pytest.approx(start, abs=0.005) and first[2] == pytest.approx(end, abs=0.005)
+    assert first[0] == "gen"
+    assert first[1] == pytest.approx(start, abs=0.005) and first[2] == pytest.approx(end, abs=0.005)
     assert len(profile["lanes"]["gen"]) == 2 and profile["phases"]["gen"]["lane"] == "gen"
     assert profile["phases"]["update_actor"]["lane"] == "train" and profile["phases"]["gen"]["count"] == 2
     overlap = profile["overlap"]

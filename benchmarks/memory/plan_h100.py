@@ -42,6 +42,11 @@ V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights
   2P, activations / CUDA graphs, the rest KV cache at 2·L·kv·2 bytes per token); asleep at level 2 the weights and
   KV cache are freed and only what its sleep allocator does not own stays (CUDA graph pool, workspaces: assumed).
 Training runs while vLLM sleeps; generation runs while the trainer holds master + Adam (gradients were freed).
+- HF engine instead of vLLM (the GPU box without vLLM): generation under autocast keeps the bf16 weight copies (2P),
+  and per sequence its KV cache (prompt + completion tokens × 2·L·kv·2 bytes), the per-step (B, V) temporaries of
+  rapid's sampler — 28 bytes per (row × vocab) element measured by ``benchmarks.memory.sampler_cpu`` — plus the
+  bf16 logits and their fp32 copy (6 bytes), and the prefill's no-grad working set over its prompt tokens,
+  estimated as one layer's live tensors: 12h + 6i bytes per token.
 """
 
 from __future__ import annotations
@@ -206,8 +211,21 @@ def max_gpu_memory_utilization(s: ModelShape, a: Assumptions = Assumptions()) ->
 
 def max_num_seqs_for(s: ModelShape, gpu_memory_utilization: float, seq_tokens: int,
                      a: Assumptions = Assumptions()) -> int:
-    """Sequences of ``seq_tokens`` (prompt + completion) whose KV cache fits vLLM's share at once."""
+    """vLLM: sequences of ``seq_tokens`` (prompt + completion) whose KV cache fits its share at once."""
     return plan(s, 1, False, gpu_memory_utilization, a)["vllm_kv_tokens"] // seq_tokens
+
+
+HF_STEP_BYTES_PER_ELEMENT = 28 + 2 + 4   # sampler (measured, sampler_cpu) + bf16 logits + their fp32 copy
+
+
+def hf_engine_max_num_seqs(s: ModelShape, prompt_tokens: int, max_new_tokens: int,
+                           a: Assumptions = Assumptions()) -> int:
+    """HF engine: sequences per ``generate`` call that fit next to master + Adam + the bf16 weight copies."""
+    p = param_count(s)
+    free = int(a.gpu_bytes * (1 - a.safety_fraction)) - 12 * p - bf16_copy_bytes(s) - a.cuda_context_bytes
+    per_seq = ((prompt_tokens + max_new_tokens) * kv_bytes_per_token(s) + HF_STEP_BYTES_PER_ELEMENT * s.vocab
+               + prompt_tokens * (12 * s.hidden + 6 * s.intermediate))
+    return max(0, free // per_seq)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -215,8 +233,9 @@ def _gib(n: float) -> str:
     return f"{n / GiB:7.2f}"
 
 
-def report(models: list[ModelShape], budgets: list[int], util: float, seq_tokens: int,
+def report(models: list[ModelShape], budgets: list[int], util: float, prompt_tokens: int, max_new_tokens: int,
            a: Assumptions = Assumptions()) -> tuple[str, dict]:
+    seq_tokens = prompt_tokens + max_new_tokens
     lines = [f"H100-80GB memory plan — {ESTIMATE}", f"GPU {a.gpu_bytes / GiB:.2f} GiB, usable "
              f"{(1 - a.safety_fraction) * 100:.0f} %, vLLM gpu_memory_utilization {util}, sleep level 2 while "
              f"training; assumptions: {json.dumps({k: v for k, v in asdict(a).items()})}"]
@@ -235,6 +254,9 @@ def report(models: list[ModelShape], budgets: list[int], util: float, seq_tokens
                   f"{seq_tokens} tokens/seq) | asleep {_gib(c['vllm_asleep'])}",
                   f"  generation peak (master + Adam + vLLM awake) {_gib(p0['gen_peak'])}; largest "
                   f"gpu_memory_utilization that fits: {max_gpu_memory_utilization(s, a)}",
+                  f"  HF engine instead of vLLM: max_num_seqs ≈ "
+                  f"{hf_engine_max_num_seqs(s, prompt_tokens, max_new_tokens, a)} at {prompt_tokens} + "
+                  f"{max_new_tokens} tokens/seq",
                   f"  activations per token: A_layer {layer_activation_bytes(s):,} B x {s.layers} layers; total "
                   f"{activation_bytes_per_token(s, False):,} B (no ckpt), {activation_bytes_per_token(s, True):,} B "
                   f"(gradient checkpointing)",
@@ -244,7 +266,10 @@ def report(models: list[ModelShape], budgets: list[int], util: float, seq_tokens
                        "bytes_per_token": {"no_ckpt": activation_bytes_per_token(s, False),
                                            "ckpt": activation_bytes_per_token(s, True)},
                        "layer_activation_bytes": layer_activation_bytes(s), "vllm_kv_tokens": p0["vllm_kv_tokens"],
-                       "max_gpu_memory_utilization": max_gpu_memory_utilization(s, a), "budgets": []}
+                       "max_gpu_memory_utilization": max_gpu_memory_utilization(s, a),
+                       "vllm_max_num_seqs": p0["vllm_kv_tokens"] // seq_tokens,
+                       "hf_engine_max_num_seqs": hf_engine_max_num_seqs(s, prompt_tokens, max_new_tokens, a),
+                       "budgets": []}
         for ckpt in (False, True):
             for mbt in budgets:
                 pl = plan(s, mbt, ckpt, util, a)
@@ -268,16 +293,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="1.5b,0.5b", help=f"comma-separated, from {sorted(MODELS)}")
     ap.add_argument("--micro-batch-tokens", default="4096,8192,16384,32768,65536")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.35)
-    ap.add_argument("--seq-tokens", type=int, default=4596, help="prompt + completion tokens for max_num_seqs sizing")
+    ap.add_argument("--prompt-tokens", type=int, default=500, help="prompt length for max_num_seqs sizing")
+    ap.add_argument("--max-new-tokens", type=int, default=4096, help="completion length for max_num_seqs sizing")
     args = ap.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
     budgets = [int(b) for b in args.micro_batch_tokens.split(",")]
-    if any(b < 1 for b in budgets) or args.seq_tokens < 1:
-        raise ValueError("--micro-batch-tokens and --seq-tokens must be >= 1")
+    if any(b < 1 for b in budgets) or args.prompt_tokens < 1 or args.max_new_tokens < 1:
+        raise ValueError("--micro-batch-tokens, --prompt-tokens and --max-new-tokens must be >= 1")
     text, summary = report([MODELS[m] for m in args.models.split(",")], budgets, args.gpu_memory_utilization,
-                           args.seq_tokens)
+                           args.prompt_tokens, args.max_new_tokens)
     print(text)
     print(json.dumps({"bench": "memory_plan_h100", **summary}))
 
