@@ -113,6 +113,14 @@ class RapidConfig:
     dist_timeout_s: float = 1800.0
     """Collective timeout under torch.distributed: a crashed or hung rank makes the others fail with an error
     naming it after this long instead of hanging forever."""
+    overlap: bool = False
+    """Generate rollout r+1 while training on rollout r (DESIGN.md section 6): the engine runs in its own process
+    (CPU) with engine_threads cores and gets the weights once per rollout; rollout r+1's behaviour policy is the
+    weights before rollout r's update, corrected by the importance weights. Needs behaviour log-probs from the
+    engine (recompute would use the wrong weights). Not on a single GPU (sleep/wake colocation cannot overlap)."""
+    engine_threads: int | None = None
+    """Cores for the engine process with overlap=True (None: half of this process's cores); the trainer keeps the
+    rest."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~30 % more compute)."""
     max_num_seqs: int | None = 256
@@ -193,6 +201,12 @@ class RapidConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.engine_threads is not None and self.engine_threads < 1:
+            raise ValueError(f"engine_threads must be >= 1 or None, got {self.engine_threads}")
+        if self.overlap and self.behavior_source == "recompute":
+            raise ValueError("overlap=True needs behavior_logprobs='engine': a trainer-side recompute would score "
+                             "rollout r+1 with weights that already took rollout r's steps (algo='grpo' defaults to "
+                             "recompute; set behavior_logprobs='engine' explicitly)")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         for name in ("eta", "lr", "temperature"):
@@ -262,7 +276,7 @@ RESUMABLE_FIELDS = frozenset({
     "tensorboard", "wandb", "keep_checkpoints", "max_train_seconds", "progress_bar", "reward_workers",
     "reward_timeout_s", "micro_batch_size", "micro_batch_tokens", "max_num_seqs", "kernel_backend",
     "gradient_checkpointing", "gpu_memory_utilization", "enforce_eager", "log_completions", "extra", "parallel",
-    "dist_timeout_s", "engine",
+    "dist_timeout_s", "engine", "overlap", "engine_threads",
 })
 
 

@@ -50,7 +50,8 @@ class Session:
         self.global_step = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
-        self.pending: Pending | None = None
+        self.pending: Pending | None = None    # the rollout being trained on (an interrupt may save it half done)
+        self.ready: Pending | None = None      # overlap: the next rollout, generated and scored, not yet trained
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def save(self, root: Path) -> None:
@@ -60,7 +61,8 @@ class Session:
                  "history": self.history, "prompts_consumed": self.sampler.consumed,
                  "policy": self.policy.state_dict(),
                  "adaptive_h": self.controller.state_dict() if self.controller is not None else None,
-                 "pending": self._gather_pending()}
+                 "pending": self._gather(self.pending, self.rollout),
+                 "ready": self._gather(self.ready, self.rollout + (self.pending is not None))}
         checkpoint.save_checkpoint(root, self.rollout, self.policy.module, self.policy.optimizer, state,
                                    self.cfg.to_dict(), keep=self.cfg.keep_checkpoints, dist=self.dist)
 
@@ -72,11 +74,12 @@ class Session:
         self.policy.load_state_dict(state["policy"])
         if self.controller is not None and state.get("adaptive_h") is not None:
             self.controller.load_state_dict(state["adaptive_h"])
-        self.pending = self._scatter_pending(state.get("pending"))
+        self.pending = self._scatter(state.get("pending"))
+        self.ready = self._scatter(state.get("ready"))
 
-    def _gather_pending(self) -> dict | None:
-        p = self.pending
-        if p is None:
+    def _gather(self, p: Pending | None, index: int) -> dict | None:
+        """A rollout's state with every rank's share merged by group (collective when there is one)."""
+        if not self.dist.all_reduce(float(p is not None), "max"):
             return None
         parts = self.dist.all_gather_object((p.groups, p.buffer.rollout, p.buffer.rewards, p.buffer.behavior,
                                              p.info.rows))
@@ -91,9 +94,9 @@ class Session:
                 "behavior": [x for g in order for x in by_group[g][1]], "rows": [by_group[g][2] for g in order],
                 "reward_stats": p.info.reward_stats, "h": p.h, "num_groups": p.num_groups,
                 "weights_step": p.weights_step, "next_step": p.next_step, "step_stats": p.step_stats,
-                "tokens": p.tokens, "seed": self.minibatch_seed(self.rollout)}
+                "tokens": p.tokens, "seed": self.minibatch_seed(index)}
 
-    def _scatter_pending(self, saved: dict | None) -> Pending | None:
+    def _scatter(self, saved: dict | None) -> Pending | None:
         if saved is None:
             return None
         groups, plan = plan_rollout(saved["num_groups"], saved["h"], saved["seed"], self.dist.rank,

@@ -49,6 +49,7 @@ from .model_utils import apply_peft, context_length, load_model, load_tokenizer,
 from .policy import Policy
 from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, evaluate_rewards, plan_rollout,
                       rollout_metrics, rollout_sampling)
+from .overlap import Pipeline, Request
 from .session import Pending, Session, engine_copy, share
 from .update import recompute_behavior, update
 
@@ -161,7 +162,10 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(_quietly, dist.close, "closing the process group")
         workdir = out_dir / f"engine-rank{dist.rank}" if out_dir is not None and dist.active else out_dir
-        engine = make_engine(cfg, engine_model, tokenizer, workdir, dtype=policy.compute_dtype)
+        if cfg.overlap:
+            engine = start_engine_process(cfg, engine_model, tokenizer, workdir, policy.compute_dtype, device)
+        else:
+            engine = make_engine(cfg, engine_model, tokenizer, workdir, dtype=policy.compute_dtype)
         cleanup.callback(_quietly, engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
         profiler = make_profiler(device, out_dir if main else None, policy.num_params)
         cleanup.callback(_quietly, lambda: summary.append(_close_profiler(profiler)), "writing the profile")
@@ -179,13 +183,53 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                            wandb=cfg.wandb and main, resume_rollout=run.rollout if last is not None else None)
         cleanup.callback(_quietly, sink.close, "closing the metrics log")
 
+        pipeline = Pipeline(engine, model, reward_fn, cfg, profiler, lambda: stop.requested) if cfg.overlap else None
+        if pipeline is not None:
+            cleanup.callback(pipeline.close)
+
+        def settle() -> None:
+            """Overlap: land the rollout in flight (it becomes the next one to train on) before the engine is used
+            for something else or the run is saved: a checkpoint then holds it, and resume is exact."""
+            if pipeline is not None and pipeline.busy:
+                run.ready = pipeline.take()
+
         def save() -> None:
             if root is not None:
+                settle()
                 with profiler.phase("save"):
                     run.save(root)
 
+        def request(index: int) -> Request:
+            """Rollout ``index``'s prompts (this rank's share), sampling and mini-batches; rank 0 decides H."""
+            h = dist.broadcast_object(controller.next_h() if controller is not None else cfg.steps_per_rollout)
+            first_key = run.sampler.consumed
+            idx = run.sampler.take_indices(h * cfg.prompts_per_step)
+            groups, plan = plan_rollout(len(idx), h, run.minibatch_seed(index), dist.rank, dist.world_size)
+            return Request(rows=[rows[idx[g]] for g in groups], texts=[texts[idx[g]] for g in groups],
+                           sampling=rollout_sampling(cfg, index, first_key, groups=groups), h=h, groups=groups,
+                           plan=plan, num_groups=len(idx))
+
+        def next_rollout() -> Pending:
+            if pipeline is None:            # sequential: wake → sync → generate → sleep → rewards, now
+                req = request(run.rollout)
+                buffer, info = collect_rollout(engine, model, req.rows, req.texts, reward_fn, cfg, req.sampling,
+                                               profiler, lambda: stop.requested)
+                if cfg.behavior_source == "recompute":
+                    with profiler.phase("old_log_prob"):
+                        recompute_behavior(policy, buffer)
+                return Pending(buffer=buffer, info=info, h=req.h, groups=req.groups, plan=req.plan,
+                               num_groups=req.num_groups, weights_step=run.global_step)
+            if run.ready is None and not pipeline.busy:
+                pipeline.submit(request(run.rollout), run.global_step)
+            pending = run.ready if run.ready is not None else pipeline.take()
+            run.ready = None
+            if run.rollout + 1 < cfg.num_rollouts:     # the next rollout, from the weights before this update
+                pipeline.submit(request(run.rollout + 1), run.global_step)
+            return pending
+
         def evaluate() -> dict[str, float]:
             metrics: dict[str, float] = {}
+            settle()
             with profiler.phase("eval"):
                 if eval_fn is not None:
                     metrics.update({k if k.startswith("eval/") else f"eval/{k}": float(v)
@@ -210,21 +254,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                 profiler.start_rollout()
                 t_start = time.perf_counter()
                 if run.pending is None:             # a new rollout (else: the rest of an interrupted one)
-                    h = controller.next_h() if controller is not None else cfg.steps_per_rollout
-                    h = dist.broadcast_object(h)                    # rank 0 decides H
-                    first_key = run.sampler.consumed
-                    idx = run.sampler.take_indices(h * cfg.prompts_per_step)
-                    groups, plan = plan_rollout(len(idx), h, run.minibatch_seed(run.rollout), dist.rank,
-                                                dist.world_size)
-                    sampling = rollout_sampling(cfg, run.rollout, first_key, groups=groups)
-                    buffer, info = collect_rollout(engine, model, [rows[idx[g]] for g in groups],
-                                                   [texts[idx[g]] for g in groups], reward_fn, cfg, sampling,
-                                                   profiler, lambda: stop.requested)
-                    if cfg.behavior_source == "recompute":
-                        with profiler.phase("old_log_prob"):
-                            recompute_behavior(policy, buffer)
-                    run.pending = Pending(buffer=buffer, info=info, h=h, groups=groups, plan=plan,
-                                          num_groups=len(idx), weights_step=run.global_step)
+                    run.pending = next_rollout()
                 pending = run.pending
 
                 def on_step(j: int, stats: dict[str, float]) -> bool:
@@ -346,6 +376,23 @@ def save_final_model(policy, tokenizer, out_dir: Path) -> None:
     else:
         model.save_pretrained(out_dir / "model", state_dict=state)
     tokenizer.save_pretrained(out_dir / "model")
+
+
+def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, device):
+    """overlap=True: the engine in its own process with ``engine_threads`` cores; the trainer keeps the rest."""
+    from .engines import resolve_engine_name
+    from .engines.remote import ProcessEngine, available_cpus
+
+    if device.type == "cuda":
+        raise ValueError("overlap=True runs the engine in its own process on CPU cores; on CUDA it needs a second "
+                         "GPU and the NCCL weight broadcast, which this version does not have — with one GPU, "
+                         "sleep/wake colocation cannot overlap. Set overlap=False.")
+    cores = available_cpus()
+    threads = cfg.engine_threads or max(1, cores // 2)
+    torch.set_num_threads(max(1, cores - threads))
+    log.info("overlap: engine process with %d thread(s), trainer with %d", threads, torch.get_num_threads())
+    return ProcessEngine(model, tokenizer, cfg, kind=resolve_engine_name(cfg.engine, device), threads=threads,
+                         workdir=workdir, dtype=dtype)
 
 
 def _quietly(fn, what: str) -> None:
