@@ -117,9 +117,12 @@ def prepare_train(args: argparse.Namespace) -> TrainRun:
 def _apply_tiny_defaults(task_name: str, task_args: dict, values: dict) -> dict:
     """``--model tiny``: the demo's lr and, on arithmetic, the warm start's problems, where not given; returns
     what it set."""
-    from .tiny import CLI_DEFAULTS, warm_start_task_args
+    from .tiny import CLI_DEFAULTS, CLI_SMALL_BATCH, warm_start_task_args
 
-    applied = {k: v for k, v in CLI_DEFAULTS.items() if k not in values}
+    defaults = dict(CLI_DEFAULTS) if task_name == "arithmetic" else {**CLI_DEFAULTS, **CLI_SMALL_BATCH}
+    applied = {k: v for k, v in defaults.items() if k not in values}
+    if "prompts_per_step" in values and "prompts_per_rollout" not in values:
+        applied.pop("prompts_per_rollout", None)       # keep the user's step size; the library default divides
     values.update(applied)
     if task_name == "arithmetic" and not {"difficulty", "digits", "ops"} & set(task_args):
         preset = warm_start_task_args()

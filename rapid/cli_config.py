@@ -61,7 +61,8 @@ def _metavar(hint: object) -> str:
     if get_origin(base) is Literal:
         text = "{" + ",".join(str(c) for c in get_args(base)) + "}"
     else:
-        text = {int: "INT", float: "FLOAT", str: "PATH", dict: "JSON"}.get(base, "VALUE")
+        text = "JSON-LIST" if get_origin(base) is list else {int: "INT", float: "FLOAT", str: "PATH",
+                                                              dict: "JSON"}.get(base, "VALUE")
     return text + ("|none" if optional else "")
 
 
@@ -90,6 +91,12 @@ def _parse_value(hint: object):
             raise argparse.ArgumentTypeError(f"choose from {', '.join(map(str, get_args(base)))}")
         if base is dict:
             return json.loads(text)
+        if get_origin(base) is list:                 # --stop '["\n\n", "###"]' (JSON) or one string
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return [text]
+            return value if isinstance(value, list) else [str(value)]
         return base(text)
 
     return parse

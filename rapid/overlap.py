@@ -39,6 +39,7 @@ class Request:
     groups: list[int]
     plan: list[list[int]]
     num_groups: int
+    first_key: int = 0
 
 
 class Pipeline:
@@ -93,7 +94,7 @@ class Pipeline:
         buffer = RolloutBuffer(rollout, rewards, self.cfg.group_size)
         info = RolloutInfo(rows=request.rows, reward_stats=reward_stats)
         return Pending(buffer=buffer, info=info, h=request.h, groups=request.groups, plan=request.plan,
-                       num_groups=request.num_groups, weights_step=self._weights_step)
+                       num_groups=request.num_groups, weights_step=self._weights_step, first_key=request.first_key)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -36,6 +36,7 @@ class Pending:
     plan: list[list[int]]               # this rank's part of each mini-batch (indices into ``groups``)
     num_groups: int                     # groups in the whole rollout (all ranks)
     weights_step: int = 0               # global optimizer step at which the behaviour weights were taken
+    first_key: int = 0                  # the prompt sampler's position before this rollout took its prompts
     next_step: int = 0
     step_stats: list = dataclasses.field(default_factory=list)
     tokens: int = 0
@@ -93,7 +94,7 @@ class Session:
         return {"rollout": rollout, "rewards": [x for g in order for x in by_group[g][0]],
                 "behavior": [x for g in order for x in by_group[g][1]], "rows": [by_group[g][2] for g in order],
                 "reward_stats": p.info.reward_stats, "h": p.h, "num_groups": p.num_groups,
-                "weights_step": p.weights_step, "next_step": p.next_step, "step_stats": p.step_stats,
+                "weights_step": p.weights_step, "first_key": p.first_key, "next_step": p.next_step, "step_stats": p.step_stats,
                 "tokens": p.tokens, "seed": self.minibatch_seed(index)}
 
     def _scatter(self, saved: dict | None) -> Pending | None:
@@ -109,7 +110,16 @@ class Session:
         info = RolloutInfo(rows=[saved["rows"][g] for g in groups], reward_stats=saved["reward_stats"])
         return Pending(buffer=buffer, info=info, h=saved["h"], groups=groups, plan=plan,
                        num_groups=saved["num_groups"], weights_step=saved["weights_step"],
+                       first_key=saved.get("first_key", 0),
                        next_step=saved["next_step"], step_stats=list(saved["step_stats"]), tokens=saved["tokens"])
+
+    def accept(self, p: Pending | None) -> Pending | None:
+        """A rollout whose scoring was cut short by an interrupt is not trained on: it is dropped and the prompt
+        sampler rolls back to before it, so the resumed run generates and scores it again (exact resume)."""
+        if p is None or not p.info.reward_stats.get("reward/interrupted"):
+            return p
+        self.sampler.consumed = min(self.sampler.consumed, p.first_key)
+        return None
 
     def minibatch_seed(self, rollout: int) -> int:
         return self.cfg.seed * 7_919 + rollout

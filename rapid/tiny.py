@@ -204,6 +204,10 @@ def _save_atomically(model, tokenizer, path: Path) -> None:
 CLI_DEFAULTS = {"lr": 3e-4}
 """RapidConfig values ``rapid train --model tiny`` uses when they are not given. RapidConfig's lr (1e-5) suits
 0.5B+ models; the tiny model needs the demo's 3e-4 to move within a few rollouts."""
+CLI_SMALL_BATCH = {"prompts_per_rollout": 16, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 64}
+"""On tasks other than arithmetic (e.g. humaneval, with prompts of up to ~1.4k tokens and 512-token answers),
+``--model tiny`` also shrinks the batch and the answers where not given: the tiny model earns no reward there, the
+point is to run the real pipeline on a CPU in minutes rather than hours."""
 
 
 def warm_start_task_args(settings: WarmStartSettings | None = None) -> dict:

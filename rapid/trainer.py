@@ -133,6 +133,9 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         raise ValueError(f"micro_batch_tokens ({cfg.micro_batch_tokens}) is smaller than the longest prompt "
                          f"({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}): one sequence must fit")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    if out_dir is not None and not cfg.resume and _holds_a_run(out_dir):
+        raise ValueError(f"output_dir {out_dir} already holds a run (metrics.jsonl or checkpoints): pass resume=True "
+                         "(--resume) to continue it, or choose another output_dir — a new run would mix with it")
     check_parallel(cfg.parallel)
 
     # ---- the process group (torchrun), then everything per rank --------------------------------------------------
@@ -180,7 +183,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         if last is not None:
             run.load(last)
         sink = MetricsSink(out_dir if main else None, cfg, run.history, tensorboard=cfg.tensorboard and main,
-                           wandb=cfg.wandb and main, resume_rollout=run.rollout if last is not None else None)
+                           wandb=cfg.wandb and main, resume_rollout=run.rollout if cfg.resume else None)
         cleanup.callback(_quietly, sink.close, "closing the metrics log")
 
         pipeline = Pipeline(engine, model, reward_fn, cfg, profiler, lambda: stop.requested) if cfg.overlap else None
@@ -191,7 +194,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             """Overlap: land the rollout in flight (it becomes the next one to train on) before the engine is used
             for something else or the run is saved: a checkpoint then holds it, and resume is exact."""
             if pipeline is not None and pipeline.busy:
-                run.ready = pipeline.take()
+                run.ready = run.accept(pipeline.take())
 
         def save() -> None:
             if root is not None:
@@ -207,7 +210,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             groups, plan = plan_rollout(len(idx), h, run.minibatch_seed(index), dist.rank, dist.world_size)
             return Request(rows=[rows[idx[g]] for g in groups], texts=[texts[idx[g]] for g in groups],
                            sampling=rollout_sampling(cfg, index, first_key, groups=groups), h=h, groups=groups,
-                           plan=plan, num_groups=len(idx))
+                           plan=plan, num_groups=len(idx), first_key=first_key)
 
         def next_rollout() -> Pending:
             if pipeline is None:            # sequential: wake → sync → generate → sleep → rewards, now
@@ -217,13 +220,14 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                 if cfg.behavior_source == "recompute":
                     with profiler.phase("old_log_prob"):
                         recompute_behavior(policy, buffer)
-                return Pending(buffer=buffer, info=info, h=req.h, groups=req.groups, plan=req.plan,
-                               num_groups=req.num_groups, weights_step=run.global_step)
+                return run.accept(Pending(buffer=buffer, info=info, h=req.h, groups=req.groups, plan=req.plan,
+                                          num_groups=req.num_groups, weights_step=run.global_step,
+                                          first_key=req.first_key))
             if run.ready is None and not pipeline.busy:
                 pipeline.submit(request(run.rollout), run.global_step)
-            pending = run.ready if run.ready is not None else pipeline.take()
+            pending = run.accept(run.ready if run.ready is not None else pipeline.take())
             run.ready = None
-            if run.rollout + 1 < cfg.num_rollouts:     # the next rollout, from the weights before this update
+            if pending is not None and run.rollout + 1 < cfg.num_rollouts:   # the next, from the pre-update weights
                 pipeline.submit(request(run.rollout + 1), run.global_step)
             return pending
 
@@ -255,6 +259,8 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                 t_start = time.perf_counter()
                 if run.pending is None:             # a new rollout (else: the rest of an interrupted one)
                     run.pending = next_rollout()
+                    if run.pending is None:         # an interrupt cut its scoring short: dropped, regenerated later
+                        break
                 pending = run.pending
 
                 def on_step(j: int, stats: dict[str, float]) -> bool:
@@ -393,6 +399,11 @@ def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, dev
     log.info("overlap: engine process with %d thread(s), trainer with %d", threads, torch.get_num_threads())
     return ProcessEngine(model, tokenizer, cfg, kind=resolve_engine_name(cfg.engine, device), threads=threads,
                          workdir=workdir, dtype=dtype)
+
+
+def _holds_a_run(out_dir: Path) -> bool:
+    root = out_dir / "checkpoints"
+    return (out_dir / "metrics.jsonl").exists() or (root.is_dir() and any(root.iterdir()))
 
 
 def _quietly(fn, what: str) -> None:
