@@ -28,12 +28,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint, data
@@ -42,6 +40,8 @@ from .config import RapidConfig
 from .distributed import check_parallel, init_distributed, main_logger
 from .engines import make_engine
 from .engines.hf import copy_weights
+from .lifecycle import (NO_SIGNAL_WARN_AFTER, check_resume_config, close_profiler, evaluated_at, holds_a_run, model_name,
+                        quietly, save_final_model, seed_everything, start_engine_process, warn_no_signal)
 from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
 from .model_args import check_output_dir, resolve_model_arg
@@ -118,7 +118,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     if eval_fn is not None and not callable(eval_fn):
         raise ValueError("eval_fn must be callable: eval_fn(model, tokenizer) -> dict[str, float]")
     tokenizer = load_tokenizer(model, tokenizer)
-    template = data.wants_chat_template(cfg.chat_template, tokenizer, _model_name(model))
+    template = data.wants_chat_template(cfg.chat_template, tokenizer, model_name(model))
     texts = data.render_prompts(rows, tokenizer, template)
     eval_texts = data.render_prompts(eval_rows, tokenizer, template) if eval_rows is not None else None
     context = context_length(model)
@@ -133,7 +133,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         raise ValueError(f"micro_batch_tokens ({cfg.micro_batch_tokens}) is smaller than the longest prompt "
                          f"({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}): one sequence must fit")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    if out_dir is not None and not cfg.resume and _holds_a_run(out_dir):
+    if out_dir is not None and not cfg.resume and holds_a_run(out_dir):
         raise ValueError(f"output_dir {out_dir} already holds a run (metrics.jsonl or checkpoints): pass resume=True "
                          "(--resume) to continue it, or choose another output_dir — a new run would mix with it")
     check_parallel(cfg.parallel)
@@ -163,15 +163,15 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     main = dist.is_main
     summary: list[str | None] = []                # the profiler's table, filled when it closes
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(_quietly, dist.close, "closing the process group")
+        cleanup.callback(quietly, dist.close, "closing the process group")
         workdir = out_dir / f"engine-rank{dist.rank}" if out_dir is not None and dist.active else out_dir
         if cfg.overlap:
             engine = start_engine_process(cfg, engine_model, tokenizer, workdir, policy.compute_dtype, device)
         else:
             engine = make_engine(cfg, engine_model, tokenizer, workdir, dtype=policy.compute_dtype)
-        cleanup.callback(_quietly, engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
+        cleanup.callback(quietly, engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
         profiler = make_profiler(device, out_dir if main else None, policy.num_params)
-        cleanup.callback(_quietly, lambda: summary.append(_close_profiler(profiler)), "writing the profile")
+        cleanup.callback(quietly, lambda: summary.append(close_profiler(profiler)), "writing the profile")
         controller = AdaptiveH(cfg) if cfg.adaptive_h else None
         completions = CompletionLog(str(out_dir) if out_dir and cfg.log_completions and main else None)
         no_signal = 0                              # consecutive rollouts in which every group had equal rewards
@@ -184,7 +184,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             run.load(last)
         sink = MetricsSink(out_dir if main else None, cfg, run.history, tensorboard=cfg.tensorboard and main,
                            wandb=cfg.wandb and main, resume_rollout=run.rollout if cfg.resume else None)
-        cleanup.callback(_quietly, sink.close, "closing the metrics log")
+        cleanup.callback(quietly, sink.close, "closing the metrics log")
 
         pipeline = Pipeline(engine, model, reward_fn, cfg, profiler, lambda: stop.requested) if cfg.overlap else None
         if pipeline is not None:
@@ -320,7 +320,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     break                                   # the controller's step budget is spent
             interrupted = stop.requested
             bar.close()
-            if not interrupted and (eval_rows is not None or eval_fn is not None) and not _evaluated_at(
+            if not interrupted and (eval_rows is not None or eval_fn is not None) and not evaluated_at(
                     run.history, run.rollout):
                 sink.log({"rollout": run.rollout, "time/train_s": run.train_seconds, "final": True, **evaluate()})
             save()
@@ -332,109 +332,3 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     return TrainResult(model=model, tokenizer=tokenizer, history=run.history,
                        output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,
                        profile_summary=summary[0] if summary else None)
-
-
-NO_SIGNAL_WARN_AFTER = 3
-
-
-def warn_no_signal(log, rollouts: int, reward_mean: float) -> None:
-    log.warning(
-        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's samples got the same reward "
-        "(reward/mean %.3f), so every advantage is zero and the model does not change. Check the reward function "
-        "on a few completions (log_completions=8 writes them to completions.jsonl), raise temperature or "
-        "group_size, or start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
-        rollouts, reward_mean)
-
-
-def check_resume_config(cfg: RapidConfig, last: Path) -> None:
-    """Refuse to resume with settings that change the maths, unless allow_config_change."""
-    saved_path = last / "config.json"
-    if not saved_path.exists():
-        return
-    changed = cfg.maths_changes(json.loads(saved_path.read_text()))
-    if changed and not cfg.allow_config_change:
-        raise ValueError(f"resume: the config differs from the checkpoint's ({last.name}) in {', '.join(changed)}, "
-                         "which changes the maths of the run; pass allow_config_change=True "
-                         "(--allow-config-change) to continue anyway, or use another output_dir")
-
-
-def save_final_model(policy, tokenizer, out_dir: Path) -> None:
-    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0 (under
-    FSDP2 from the full state dict, gathered to CPU). A LoRA run also writes the adapter alone to
-    ``output_dir/adapter``; ``model`` then holds the merged weights."""
-    import copy
-
-    model, dist = policy.model, policy.dist
-    state = None
-    if dist.active and policy.cfg.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not dist.is_main:
-        return
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(out_dir / "adapter", state_dict=state)
-        if state is not None:
-            logger.warning("FSDP2 + LoRA: saved the adapter (%s); merge it into the base model to evaluate",
-                           out_dir / "adapter")
-            return
-        copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir / "model")
-    else:
-        model.save_pretrained(out_dir / "model", state_dict=state)
-    tokenizer.save_pretrained(out_dir / "model")
-
-
-def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, device):
-    """overlap=True: the engine in its own process with ``engine_threads`` cores; the trainer keeps the rest."""
-    from .engines import resolve_engine_name
-    from .engines.remote import ProcessEngine, available_cpus
-
-    if device.type == "cuda":
-        raise ValueError("overlap=True runs the engine in its own process on CPU cores; on CUDA it needs a second "
-                         "GPU and the NCCL weight broadcast, which this version does not have — with one GPU, "
-                         "sleep/wake colocation cannot overlap. Set overlap=False.")
-    cores = available_cpus()
-    threads = cfg.engine_threads or max(1, cores // 2)
-    torch.set_num_threads(max(1, cores - threads))
-    log.info("overlap: engine process with %d thread(s), trainer with %d", threads, torch.get_num_threads())
-    return ProcessEngine(model, tokenizer, cfg, kind=resolve_engine_name(cfg.engine, device), threads=threads,
-                         workdir=workdir, dtype=dtype)
-
-
-def _holds_a_run(out_dir: Path) -> bool:
-    root = out_dir / "checkpoints"
-    return (out_dir / "metrics.jsonl").exists() or (root.is_dir() and any(root.iterdir()))
-
-
-def _quietly(fn, what: str) -> None:
-    """Clean-up never masks the error that ended the run: its own failure is logged, not raised."""
-    try:
-        fn()
-    except Exception:                     # noqa: BLE001 — any clean-up failure is secondary to the run's outcome
-        logger.exception("clean-up failed while %s", what)
-
-
-def _close_profiler(profiler) -> str | None:
-    """Write the profile only when this session completed a rollout: a run that failed at once must not
-    overwrite the profile of the run it tried to resume."""
-    if not profiler.rollouts:
-        profiler.output_dir = None
-    return profiler.close()
-
-
-def seed_everything(seed: int) -> None:
-    """torch (CPU and CUDA), numpy and python's ``random``: LoRA init, dropout and anything a user hooks in."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (1 << 32))
-    random.seed(seed)
-
-
-def _evaluated_at(history: list[dict], rollout: int) -> bool:
-    return bool(history) and history[-1].get("rollout") == rollout and any(k.startswith("eval/") for k in history[-1])
-
-
-def _model_name(model: object) -> str | None:
-    if isinstance(model, str):
-        return model
-    config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)

@@ -1,0 +1,124 @@
+"""Set-up and tear-down pieces of a run that are not the training loop: input checks that need the output
+directory, the engine process for overlap, the final model, clean-up that never masks the run's error, seeding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RapidConfig
+from .distributed import main_logger
+
+logger = logging.getLogger(__name__)
+log = main_logger(__name__)
+
+
+NO_SIGNAL_WARN_AFTER = 3
+
+
+def warn_no_signal(log, rollouts: int, reward_mean: float) -> None:
+    log.warning(
+        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's samples got the same reward "
+        "(reward/mean %.3f), so every advantage is zero and the model does not change. Check the reward function "
+        "on a few completions (log_completions=8 writes them to completions.jsonl), raise temperature or "
+        "group_size, or start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
+        rollouts, reward_mean)
+
+
+def check_resume_config(cfg: RapidConfig, last: Path) -> None:
+    """Refuse to resume with settings that change the maths, unless allow_config_change."""
+    saved_path = last / "config.json"
+    if not saved_path.exists():
+        return
+    changed = cfg.maths_changes(json.loads(saved_path.read_text()))
+    if changed and not cfg.allow_config_change:
+        raise ValueError(f"resume: the config differs from the checkpoint's ({last.name}) in {', '.join(changed)}, "
+                         "which changes the maths of the run; pass allow_config_change=True "
+                         "(--allow-config-change) to continue anyway, or use another output_dir")
+
+
+def save_final_model(policy, tokenizer, out_dir: Path) -> None:
+    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0 (under
+    FSDP2 from the full state dict, gathered to CPU). A LoRA run also writes the adapter alone to
+    ``output_dir/adapter``; ``model`` then holds the merged weights."""
+    import copy
+
+    model, dist = policy.model, policy.dist
+    state = None
+    if dist.active and policy.cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not dist.is_main:
+        return
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out_dir / "adapter", state_dict=state)
+        if state is not None:
+            logger.warning("FSDP2 + LoRA: saved the adapter (%s); merge it into the base model to evaluate",
+                           out_dir / "adapter")
+            return
+        copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir / "model")
+    else:
+        model.save_pretrained(out_dir / "model", state_dict=state)
+    tokenizer.save_pretrained(out_dir / "model")
+
+
+def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, device):
+    """overlap=True: the engine in its own process with ``engine_threads`` cores; the trainer keeps the rest."""
+    from .engines import resolve_engine_name
+    from .engines.remote import ProcessEngine, available_cpus
+
+    if device.type == "cuda":
+        raise ValueError("overlap=True runs the engine in its own process on CPU cores; on CUDA it needs a second "
+                         "GPU and the NCCL weight broadcast, which this version does not have — with one GPU, "
+                         "sleep/wake colocation cannot overlap. Set overlap=False.")
+    cores = available_cpus()
+    threads = cfg.engine_threads or max(1, cores // 2)
+    torch.set_num_threads(max(1, cores - threads))
+    log.info("overlap: engine process with %d thread(s), trainer with %d", threads, torch.get_num_threads())
+    return ProcessEngine(model, tokenizer, cfg, kind=resolve_engine_name(cfg.engine, device), threads=threads,
+                         workdir=workdir, dtype=dtype)
+
+
+def holds_a_run(out_dir: Path) -> bool:
+    root = out_dir / "checkpoints"
+    return (out_dir / "metrics.jsonl").exists() or (root.is_dir() and any(root.iterdir()))
+
+
+def quietly(fn, what: str) -> None:
+    """Clean-up never masks the error that ended the run: its own failure is logged, not raised."""
+    try:
+        fn()
+    except Exception:                     # noqa: BLE001 — any clean-up failure is secondary to the run's outcome
+        logger.exception("clean-up failed while %s", what)
+
+
+def close_profiler(profiler) -> str | None:
+    """Write the profile only when this session completed a rollout: a run that failed at once must not
+    overwrite the profile of the run it tried to resume."""
+    if not profiler.rollouts:
+        profiler.output_dir = None
+    return profiler.close()
+
+
+def seed_everything(seed: int) -> None:
+    """torch (CPU and CUDA), numpy and python's ``random``: LoRA init, dropout and anything a user hooks in."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+def evaluated_at(history: list[dict], rollout: int) -> bool:
+    return bool(history) and history[-1].get("rollout") == rollout and any(k.startswith("eval/") for k in history[-1])
+
+
+def model_name(model: object) -> str | None:
+    if isinstance(model, str):
+        return model
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
