@@ -150,3 +150,18 @@ def test_gpu_qwen_shape_and_memory(dtype):
     assert_close(out, ref, OP, dtype, "out", "log-probs")
     assert_close(hidden.grad, h32.grad, OP, dtype, "grad", "d hidden")
     assert_close(weight.grad, w32.grad, OP, dtype, "grad", "d weight")
+
+
+def test_registered_ops_pass_opcheck():
+    """The Triton ops are torch.library ops (triton_op on GPU; custom_op + fake function under the interpreter):
+    schema, fake function and autograd registration all check out."""
+    torch.manual_seed(6)
+    hidden = torch.randn(9, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(33, 8, device=DEVICE, requires_grad=True)
+    bias = torch.randn(33, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, 33, (9,), device=DEVICE)
+    thr = torch.full((9,), -1.0, device=DEVICE)
+    torch.library.opcheck(LIN.linear_token_logprobs_fwd, (hidden, weight, targets, bias, thr, 0.9, 3.0, True))
+    torch.library.opcheck(LIN.linear_token_logprobs_fwd, (hidden, weight, targets, None, None, 1.0, 0.0, False))
+    logits = torch.randn(9, 33, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(tb._tlp.token_logprobs_fwd, (logits, targets, thr, 0.8, 2.0, True))
