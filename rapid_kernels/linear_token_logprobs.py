@@ -265,11 +265,12 @@ def dz_chunk(n: int, vocab: int, itemsize: int) -> int:
 
 
 def _addmm_fp32_(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc (fp32) += a @ b with fp32 accumulation, for 16-bit a, b too (cuBLAS out_dtype when torch has it)."""
+    """acc (fp32) += a @ b with fp32 accumulation and no 16-bit rounding of the product: cuBLAS with an fp32 output
+    (``torch.mm(..., out_dtype=torch.float32)``, torch >= 2.9) for 16-bit a, b on CUDA, else an fp32 GEMM."""
     if a.dtype == torch.float32:
         acc.addmm_(a, b)
-    elif acc.is_cuda and hasattr(torch.ops.aten.addmm, "dtype_out"):
-        torch.ops.aten.addmm.dtype_out(acc, a, b, torch.float32, out=acc)
+    elif acc.is_cuda and hasattr(torch.ops.aten.mm, "dtype"):
+        acc.add_(torch.mm(a, b, out_dtype=torch.float32))                         # (N, D) fp32 temporary
     else:
         acc.addmm_(a.float(), b.float())
 
