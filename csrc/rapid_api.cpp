@@ -84,23 +84,50 @@ Enum parse_choice(const std::string& value, const char* name, std::initializer_l
 #define RAPID_DISPATCH(device_tensor, fn, ...) cpu::fn(__VA_ARGS__)
 #endif
 
+// Soft-cap, threshold and entropy flag of the log-prob ops (rapid_kernels/_validate.py: check_softcap,
+// check_threshold): softcap 0 (off) or finite > 0; threshold absent or [n] float32 on ref's device without NaN.
+LogitOptions logit_options(const at::Tensor& ref, const char* ref_name, double temperature, double softcap,
+                           const c10::optional<at::Tensor>& threshold, bool want_entropy) {
+  check_positive_finite(temperature, "temperature");
+  TORCH_CHECK_VALUE(softcap == 0.0 || (std::isfinite(softcap) && softcap > 0), "softcap must be finite and > 0 "
+                    "(0 = no soft-cap), got ", softcap);
+  LogitOptions opt;
+  opt.temperature = temperature;
+  opt.softcap = softcap;
+  opt.want_entropy = want_entropy;
+  if (threshold.has_value()) {
+    const at::Tensor& t = *threshold;
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0) && t.scalar_type() == at::kFloat,
+                      "threshold must be float32 of shape [", ref.size(0), "] (one per row of ", ref_name, "), got ",
+                      t.scalar_type(), " ", t.sizes());
+    check_same_device(ref, ref_name, t, "threshold");
+    if (t.is_cpu() && t.numel() > 0) {
+      TORCH_CHECK_VALUE(!at::isnan(t).any().item<bool>(),
+                        "threshold must not contain NaN (use -inf for no truncation)");
+    }
+    opt.threshold = t.contiguous();
+  }
+  return opt;
+}
+
 // ------------------------------------------------------------------------------------------------ token_logprobs
-std::tuple<at::Tensor, at::Tensor> token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets,
-                                                      double temperature) {
+LogprobResult token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                 double softcap, const c10::optional<at::Tensor>& threshold, bool want_entropy) {
   check_float_tensor(logits, "logits", 2);
   check_supported_device(logits, "logits");
-  check_positive_finite(temperature, "temperature");
+  const LogitOptions opt = logit_options(logits, "logits", temperature, softcap, threshold, want_entropy);
   check_same_device(logits, "logits", targets, "targets");
   const at::Tensor t = checked_targets(targets, logits.size(0), logits.size(1), "logits");
   const at::Tensor x = logits.contiguous();
-  return RAPID_DISPATCH(x, token_logprobs_fwd, x, t, temperature);
+  return RAPID_DISPATCH(x, token_logprobs_fwd, x, t, opt);
 }
 
 at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& targets,
-                              const at::Tensor& lse, double temperature) {
+                              const at::Tensor& lse, double temperature, double softcap,
+                              const c10::optional<at::Tensor>& threshold) {
   check_float_tensor(logits, "logits", 2);
   check_supported_device(logits, "logits");
-  check_positive_finite(temperature, "temperature");
+  const LogitOptions opt = logit_options(logits, "logits", temperature, softcap, threshold, false);
   const int64_t n = logits.size(0);
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == n, "grad must have shape [", n, "], got ", grad.sizes());
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == n && lse.scalar_type() == at::kFloat,
@@ -111,7 +138,7 @@ at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, 
   const at::Tensor t = checked_targets(targets, n, logits.size(1), "logits");
   const at::Tensor x = logits.contiguous();
   const at::Tensor g = grad.to(at::kFloat).contiguous();
-  return RAPID_DISPATCH(x, token_logprobs_bwd, g, x, t, lse.contiguous(), temperature);
+  return RAPID_DISPATCH(x, token_logprobs_bwd, g, x, t, lse.contiguous(), opt);
 }
 
 // ----------------------------------------------------------------------------------------- linear_token_logprobs
@@ -121,7 +148,7 @@ struct LinearArgs {
 };
 
 LinearArgs check_linear(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                        const c10::optional<at::Tensor>& bias, double temperature, int64_t chunk) {
+                        const c10::optional<at::Tensor>& bias, int64_t chunk) {
   check_float_tensor(hidden, "hidden", 2);
   check_float_tensor(weight, "weight", 2);
   check_supported_device(hidden, "hidden");
@@ -139,7 +166,6 @@ LinearArgs check_linear(const at::Tensor& hidden, const at::Tensor& weight, cons
     check_same_device(hidden, "hidden", *bias, "bias");
     args.bias = bias->contiguous();
   }
-  check_positive_finite(temperature, "temperature");
   TORCH_CHECK_VALUE(chunk > 0, "chunk must be > 0, got ", chunk);
   args.targets = checked_targets(targets, hidden.size(0), weight.size(0), "hidden");
   args.hidden = hidden.contiguous();
@@ -147,20 +173,22 @@ LinearArgs check_linear(const at::Tensor& hidden, const at::Tensor& weight, cons
   return args;
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_token_logprobs_fwd(const at::Tensor& hidden, const at::Tensor& weight,
-                                                             const at::Tensor& targets,
-                                                             const c10::optional<at::Tensor>& bias,
-                                                             double temperature, int64_t chunk) {
-  const LinearArgs a = check_linear(hidden, weight, targets, bias, temperature, chunk);
-  return RAPID_DISPATCH(a.hidden, linear_token_logprobs_fwd, a.hidden, a.weight, a.targets, a.bias, temperature,
-                        chunk);
+LogprobResult linear_token_logprobs_fwd(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                        const c10::optional<at::Tensor>& bias, double temperature, int64_t chunk,
+                                        double softcap, const c10::optional<at::Tensor>& threshold,
+                                        bool want_entropy) {
+  const LinearArgs a = check_linear(hidden, weight, targets, bias, chunk);
+  const LogitOptions opt = logit_options(a.hidden, "hidden", temperature, softcap, threshold, want_entropy);
+  return RAPID_DISPATCH(a.hidden, linear_token_logprobs_fwd, a.hidden, a.weight, a.targets, a.bias, opt, chunk);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
-    const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& lse, double temperature, int64_t chunk, bool need_hidden,
-    bool need_weight, bool need_bias) {
-  const LinearArgs a = check_linear(hidden, weight, targets, bias, temperature, chunk);
+LinearGrads linear_token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight,
+                                      const at::Tensor& targets, const c10::optional<at::Tensor>& bias,
+                                      const at::Tensor& lse, double temperature, int64_t chunk, double softcap,
+                                      const c10::optional<at::Tensor>& threshold, bool need_hidden, bool need_weight,
+                                      bool need_bias) {
+  const LinearArgs a = check_linear(hidden, weight, targets, bias, chunk);
+  const LogitOptions opt = logit_options(a.hidden, "hidden", temperature, softcap, threshold, false);
   const int64_t n = hidden.size(0);
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == n, "grad must have shape [", n, "], got ", grad.sizes());
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == n && lse.scalar_type() == at::kFloat,
@@ -169,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
   check_same_device(hidden, "hidden", lse, "lse");
   const at::Tensor g = grad.to(at::kFloat).contiguous();
   return RAPID_DISPATCH(a.hidden, linear_token_logprobs_bwd, g, a.hidden, a.weight, a.targets, a.bias,
-                        lse.contiguous(), temperature, chunk, need_hidden, need_weight, need_bias);
+                        lse.contiguous(), opt, chunk, need_hidden, need_weight, need_bias);
 }
 
 // ---------------------------------------------------------------------------------------------------- rapid_loss
@@ -245,13 +273,15 @@ bool built_with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rapid fused kernels (C++/OpenMP on CPU, CUDA when built with it); use rapid_kernels, not this module";
   m.def("built_with_cuda", &rapid::built_with_cuda, "True when the CUDA kernels were compiled in");
-  m.def("token_logprobs_fwd", &rapid::token_logprobs_fwd, "(logits, targets, temperature) -> (out, lse)");
-  m.def("token_logprobs_bwd", &rapid::token_logprobs_bwd, "(grad, logits, targets, lse, temperature) -> dlogits");
+  m.def("token_logprobs_fwd", &rapid::token_logprobs_fwd,
+        "(logits, targets, temperature, softcap, threshold, want_entropy) -> (out, lse, entropy)");
+  m.def("token_logprobs_bwd", &rapid::token_logprobs_bwd,
+        "(grad, logits, targets, lse, temperature, softcap, threshold) -> dlogits");
   m.def("linear_token_logprobs_fwd", &rapid::linear_token_logprobs_fwd,
-        "(hidden, weight, targets, bias, temperature, chunk) -> (out, lse)");
+        "(hidden, weight, targets, bias, temperature, chunk, softcap, threshold, want_entropy) -> (out, lse, entropy)");
   m.def("linear_token_logprobs_bwd", &rapid::linear_token_logprobs_bwd,
-        "(grad, hidden, weight, targets, bias, lse, temperature, chunk, need_hidden, need_weight, need_bias) -> "
-        "(d_hidden, d_weight, d_bias)");
+        "(grad, hidden, weight, targets, bias, lse, temperature, chunk, softcap, threshold, need_hidden, need_weight, "
+        "need_bias) -> (d_hidden, d_weight, d_bias)");
   m.def("rapid_loss_fwd", &rapid::rapid_loss_fwd,
         "(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm, is_level, "
         "is_clip, adv_scale) -> (loss, seq_logratio, weights, baselines, advantages, clip_fraction, coef)");

@@ -5,8 +5,12 @@
 // Outputs that are log-probs, ratios, sums or losses are float32; gradients have the dtype of their input.
 #pragma once
 
-#include <torch/extension.h>
+// Only the Tensor class (not torch/extension.h): keeps the CUDA translation units light, so they compile in
+// seconds-to-minutes instead of many minutes (the sm_90 compile test compiles them on every CPU CI run).
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
 
+#include <limits>
 #include <tuple>
 
 namespace rapid {
@@ -35,41 +39,41 @@ struct LossOptions {
 // coef[t] = d loss / d token_logprobs[t].
 using LossResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-namespace cpu {
-// out [N] fp32, lse [N] fp32 (of logits / T)
-std::tuple<at::Tensor, at::Tensor> token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets,
-                                                      double temperature);
-at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& targets,
-                              const at::Tensor& lse, double temperature);
-std::tuple<at::Tensor, at::Tensor> linear_token_logprobs_fwd(const at::Tensor& hidden, const at::Tensor& weight,
-                                                             const at::Tensor& targets,
-                                                             const c10::optional<at::Tensor>& bias,
-                                                             double temperature, int64_t chunk);
+// How raw logits become the processed distribution (rapid_kernels/reference.py: process_logits, truncate).
+struct LogitOptions {
+  double temperature = 1.0;
+  double softcap = 0.0;                 // 0: no soft-cap; else z = softcap · tanh(l / softcap) / T
+  at::Tensor threshold;                 // undefined, or [N] fp32: keep z >= threshold[n] (and the target)
+  bool want_entropy = false;            // forward also returns the entropy of the processed distribution
+  const float* thr_ptr() const { return threshold.defined() ? threshold.data_ptr<float>() : nullptr; }
+};
+
+// (out [N] fp32, lse [N] fp32, entropy [N] fp32 or empty)
+using LogprobResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // (d hidden, d weight, d bias); a gradient that is not asked for is an empty tensor.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
-    const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& lse, double temperature, int64_t chunk, bool need_hidden,
-    bool need_weight, bool need_bias);
-LossResult rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& behavior_logprobs,
-                          const at::Tensor& rewards, const at::Tensor& cu_seqlens, const LossOptions& opt);
+using LinearGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+#define RAPID_DECLARE_KERNELS                                                                                     \
+  LogprobResult token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets, const LogitOptions& opt); \
+  at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& targets,      \
+                                const at::Tensor& lse, const LogitOptions& opt);                                \
+  LogprobResult linear_token_logprobs_fwd(const at::Tensor& hidden, const at::Tensor& weight,                     \
+                                          const at::Tensor& targets, const c10::optional<at::Tensor>& bias,      \
+                                          const LogitOptions& opt, int64_t chunk);                                \
+  LinearGrads linear_token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight, \
+                                        const at::Tensor& targets, const c10::optional<at::Tensor>& bias,        \
+                                        const at::Tensor& lse, const LogitOptions& opt, int64_t chunk,           \
+                                        bool need_hidden, bool need_weight, bool need_bias);                     \
+  LossResult rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& behavior_logprobs,                \
+                            const at::Tensor& rewards, const at::Tensor& cu_seqlens, const LossOptions& opt);
+
+namespace cpu {
+RAPID_DECLARE_KERNELS
 }  // namespace cpu
 
 #ifdef RAPID_WITH_CUDA
 namespace cuda {
-std::tuple<at::Tensor, at::Tensor> token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets,
-                                                      double temperature);
-at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& targets,
-                              const at::Tensor& lse, double temperature);
-std::tuple<at::Tensor, at::Tensor> linear_token_logprobs_fwd(const at::Tensor& hidden, const at::Tensor& weight,
-                                                             const at::Tensor& targets,
-                                                             const c10::optional<at::Tensor>& bias,
-                                                             double temperature, int64_t chunk);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_token_logprobs_bwd(
-    const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& lse, double temperature, int64_t chunk, bool need_hidden,
-    bool need_weight, bool need_bias);
-LossResult rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& behavior_logprobs,
-                          const at::Tensor& rewards, const at::Tensor& cu_seqlens, const LossOptions& opt);
+RAPID_DECLARE_KERNELS
 }  // namespace cuda
 #endif
 

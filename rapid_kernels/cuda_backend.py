@@ -31,5 +31,6 @@ token_logprobs = _cpp_ops.token_logprobs
 rapid_loss = _cpp_ops.rapid_loss
 
 
-def linear_token_logprobs(hidden, weight, targets, temperature, bias):
-    return _cpp_ops.linear_token_logprobs(hidden, weight, targets, temperature, bias, _cpp_ops.CUDA_VOCAB_CHUNK)
+def linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap, threshold, want_entropy):
+    return _cpp_ops.linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap, threshold, want_entropy,
+                                          _cpp_ops.CUDA_VOCAB_CHUNK)

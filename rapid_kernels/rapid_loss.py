@@ -22,7 +22,9 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ._triton_lib import launch, register_op
 from .reference import LOG_W_CAP, RapidLossOutput
 
 _CLIP_CODES = {"truncate": 0, "mask": 1, "none": 2}
@@ -108,9 +110,10 @@ def _blocks(group_size: int) -> tuple[int, int]:
     return block_k, max(16, min(1024, 8192 // block_k))
 
 
-def rapid_loss_fwd(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
-                   is_level, is_clip, adv_scale):
-    """Returns (loss (), seq_logratio, weights, baselines, advantages, coef (all (S,)), clip_fraction ())."""
+def _fwd(token_logprobs: Tensor, behavior_logprobs: Tensor, rewards: Tensor, cu_seqlens: Tensor, group_size: int,
+         eta: float, baseline: str, loss_norm: float, is_level: str, is_clip: str,
+         adv_scale: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss (), seq_logratio, weights, baselines, advantages (all (S,)), clip_fraction (), coef (S,))."""
     num_seqs = rewards.shape[0]
     groups = num_seqs // group_size
     dev = token_logprobs.device
@@ -119,47 +122,57 @@ def rapid_loss_fwd(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group
                                                       for _ in range(5))               # (S,) each
     partial = torch.empty((2, groups), dtype=torch.float32, device=dev)                # (2, G): loss, clip / S
     block_k, block_t = _blocks(group_size)
-    _rapid_loss_fwd_kernel[(groups,)](
-        token_logprobs.contiguous(), behavior_logprobs.contiguous(), rewards.contiguous(), cu_seqlens.contiguous(),
-        logratio, weights, baselines, advantages, coef, partial, groups, group_size,
-        math.log(eta), LOG_W_CAP, 1.0 / (num_seqs * loss_norm), 1.0 / num_seqs,
+    launch(_rapid_loss_fwd_kernel)[(groups,)](
+        token_logprobs, behavior_logprobs, rewards, cu_seqlens, logratio, weights, baselines, advantages, coef,
+        partial, groups, group_size, math.log(eta), LOG_W_CAP, 1.0 / (num_seqs * loss_norm), 1.0 / num_seqs,
         GEOMETRIC=is_level == "geometric", CLIP=_CLIP_CODES[is_clip], LOO=baseline == "loo",
         STD=adv_scale == "std", BLOCK_K=block_k, BLOCK_T=block_t, num_warps=4)
-    sums = partial.sum(dim=1)                                                          # (2,): loss, clip fraction
-    return sums[0], logratio, weights, baselines, advantages, coef, sums[1]
+    # two separate reductions, not views of one: custom-op outputs must not alias each other
+    return partial[0].sum(), logratio, weights, baselines, advantages, partial[1].sum(), coef
 
 
-def rapid_loss_bwd(grad_loss, coef, cu_seqlens, n_tokens, group_size):
+def _fwd_fake(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
+              is_level, is_clip, adv_scale):
+    num_seqs = rewards.shape[0]
+    f32 = dict(dtype=torch.float32)
+    per_seq = [token_logprobs.new_empty(num_seqs, **f32) for _ in range(4)]
+    return (token_logprobs.new_empty((), **f32), *per_seq, token_logprobs.new_empty((), **f32),
+            token_logprobs.new_empty(num_seqs, **f32))
+
+
+def _bwd(grad_loss: Tensor, coef: Tensor, cu_seqlens: Tensor, n_tokens: int, group_size: int) -> Tensor:
     """d token_logprobs (N,) fp32."""
     groups = coef.shape[0] // group_size
     dlp = torch.empty(n_tokens, dtype=torch.float32, device=coef.device)              # (N,)
     block_k, block_t = _blocks(group_size)
-    _rapid_loss_bwd_kernel[(groups,)](coef, cu_seqlens.contiguous(), grad_loss.contiguous(), dlp, group_size,
-                                      BLOCK_K=block_k, BLOCK_T=block_t, num_warps=4)
+    launch(_rapid_loss_bwd_kernel)[(groups,)](coef, cu_seqlens, grad_loss, dlp, group_size, BLOCK_K=block_k,
+                                              BLOCK_T=block_t, num_warps=4)
     return dlp
 
 
-class RapidLoss(torch.autograd.Function):
-    """Outputs (loss, seq_logratio, weights, baselines, advantages, clip_fraction); only loss is differentiable."""
+def _bwd_fake(grad_loss, coef, cu_seqlens, n_tokens, group_size):
+    return coef.new_empty(n_tokens, dtype=torch.float32)
 
-    @staticmethod
-    def forward(ctx, token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
-                is_level, is_clip, adv_scale):
-        loss, logratio, weights, baselines, advantages, coef, clip_fraction = rapid_loss_fwd(
-            token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm, is_level,
-            is_clip, adv_scale)
-        ctx.save_for_backward(coef, cu_seqlens)
-        ctx.group_size, ctx.n_tokens, ctx.lp_dtype = group_size, token_logprobs.shape[0], token_logprobs.dtype
-        ctx.mark_non_differentiable(logratio, weights, baselines, advantages, clip_fraction)
-        return loss, logratio, weights, baselines, advantages, clip_fraction
 
-    @staticmethod
-    def backward(ctx, grad_loss, *_):
-        coef, cu_seqlens = ctx.saved_tensors
-        dlp = None
-        if ctx.needs_input_grad[0]:
-            dlp = rapid_loss_bwd(grad_loss, coef, cu_seqlens, ctx.n_tokens, ctx.group_size).to(ctx.lp_dtype)
-        return (dlp,) + (None,) * 10
+rapid_loss_fwd = register_op("rapid_triton::rapid_loss_fwd", _fwd, _fwd_fake)
+rapid_loss_bwd = register_op("rapid_triton::rapid_loss_bwd", _bwd, _bwd_fake)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(output[6], inputs[3])
+    ctx.group_size, ctx.n_tokens, ctx.lp_dtype = inputs[4], inputs[0].shape[0], inputs[0].dtype
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, grad_loss, *_):
+    coef, cu_seqlens = ctx.saved_tensors
+    dlp = None
+    if ctx.needs_input_grad[0]:
+        dlp = rapid_loss_bwd(grad_loss.contiguous(), coef, cu_seqlens, ctx.n_tokens, ctx.group_size).to(ctx.lp_dtype)
+    return (dlp,) + (None,) * 10
+
+
+rapid_loss_fwd.register_autograd(_backward, setup_context=_setup)
 
 
 def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size: int, eta: float = 2.0,
@@ -169,9 +182,9 @@ def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_siz
     reference)."""
     if is_level == "token":
         raise ValueError("the Triton rapid_loss implements is_level='sequence' and 'geometric' only")
-    loss, logratio, weights, baselines, advantages, clip_fraction = RapidLoss.apply(
-        token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm, is_level,
-        is_clip, adv_scale)
+    loss, logratio, weights, baselines, advantages, clip_fraction, _ = rapid_loss_fwd(
+        token_logprobs.contiguous(), behavior_logprobs.contiguous(), rewards.contiguous(), cu_seqlens.contiguous(),
+        int(group_size), float(eta), baseline, float(loss_norm), is_level, is_clip, adv_scale)
     return RapidLossOutput(loss=loss, seq_logratio=logratio, weights=weights, baselines=baselines,
                            advantages=advantages, clip_fraction=clip_fraction,
                            token_logprobs=token_logprobs.detach())

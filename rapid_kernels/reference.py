@@ -29,6 +29,7 @@ class RapidLossOutput(NamedTuple):
     advantages: torch.Tensor       # (S,) A_s (after adv_scale)
     clip_fraction: torch.Tensor    # ()   fraction of sequences whose weight the clip changed
     token_logprobs: torch.Tensor   # (N,) log π_θ(y_t), detached (diagnostics: KL, engine/trainer gap)
+    entropy: torch.Tensor | None = None  # (N,) entropy of the processed distribution, detached (return_entropy)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,52 +37,101 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# ------------------------------------------------------------------------------------ logit processing (all ops)
+# The processed logit of raw logit l is z = softcap · tanh(l / softcap) / T (softcap=None: z = l / T). With a
+# per-row threshold τ_n the row's distribution is the softmax over K_n = {v : z_v ≥ τ_n} ∪ {target_n} (top-k/top-p
+# sampling in the trainer's log π: the sampled token is always kept, so float noise at the cut can never give −inf).
+# Everything else sees z = −inf outside K_n, so those entries get exactly zero gradient: the mask is piecewise
+# constant and treated as a constant.
+def process_logits(raw: torch.Tensor, temperature: float, softcap: float | None) -> torch.Tensor:
+    """z = softcap · tanh(raw / softcap) / T (or raw / T without a soft-cap), elementwise, differentiable."""
+    if softcap is not None:
+        raw = softcap * torch.tanh(raw / softcap)
+    return raw / temperature
+
+
+def truncate(z: torch.Tensor, targets: torch.Tensor, threshold: torch.Tensor | None,
+             start: int = 0) -> torch.Tensor:
+    """z with −inf outside K_n = {v : z_v ≥ threshold[n]} ∪ {target_n}; z covers columns [start, start + C)."""
+    if threshold is None:
+        return z
+    keep = z >= threshold.to(z.dtype).unsqueeze(1)                                       # (N, C)
+    local = targets.long() - start                                                        # (N,)
+    is_target = torch.arange(z.shape[1], device=z.device).unsqueeze(0) == local.unsqueeze(1)   # (N, C)
+    return z.masked_fill(~(keep | is_target), float("-inf"))
+
+
+def _entropy_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp z, E_softmax(z)[z]) per row; a row that is all −inf gives (−inf, 0)."""
+    lse = torch.logsumexp(z, dim=1)                                                       # (N,)
+    finite = torch.isfinite(lse)
+    p = torch.exp(z - torch.where(finite, lse, 0.0).unsqueeze(1))                         # (N, C), 0 where masked
+    mean_z = (p * torch.where(torch.isfinite(z), z, 0.0)).sum(1)                          # (N,)
+    return lse, torch.where(finite, mean_z, 0.0)
+
+
 # --------------------------------------------------------------------------------------------------- token log-probs
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / T)[targets] per row: logit[t]/T − logsumexp(logits/T). Returns (N,)."""
-    x = logits.to(compute_dtype(logits.dtype)) / temperature                        # (N, V)
-    picked = x.gather(1, targets.long().unsqueeze(1)).squeeze(1)                     # (N,)
-    return picked - torch.logsumexp(x, dim=1)                                       # (N,)
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, *,
+                   softcap: float | None = None, threshold: torch.Tensor | None = None,
+                   return_entropy: bool = False):
+    """log softmax over K_n of z = process(logits)[targets] per row: z[t] − logsumexp_{K_n} z. Returns (N,), or
+    ((N,), entropy (N,) detached) with ``return_entropy``."""
+    z = process_logits(logits.to(compute_dtype(logits.dtype)), temperature, softcap)       # (N, V)
+    z = truncate(z, targets, threshold)
+    picked = z.gather(1, targets.long().unsqueeze(1)).squeeze(1)                          # (N,)
+    lse = torch.logsumexp(z, dim=1)                                                       # (N,)
+    if not return_entropy:
+        return picked - lse
+    with torch.no_grad():
+        lse_d, mean_z = _entropy_terms(z.detach())
+    return picked - lse, lse_d - mean_z
 
 
 # ------------------------------------------------------------------------------------------ linear + token log-probs
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int,
-                  temperature: float, dtype: torch.dtype) -> torch.Tensor:
-    z = hidden.to(dtype) @ weight[start:stop].to(dtype).T                          # (N, C)
-    if bias is not None:
-        z = z + bias[start:stop].to(dtype)
-    return z / temperature
+def _chunk_raw(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    l = hidden.to(dtype) @ weight[start:stop].to(dtype).T                              # (N, C) raw logits
+    return l if bias is None else l + bias[start:stop].to(dtype)
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
     """Vocab-chunked lm_head + log-prob. Never holds more than one (N, chunk) logits tile.
 
-    Forward keeps a running log-sum-exp over chunks; backward recomputes each tile and applies
-    d z = g · (onehot − softmax) / T, so d hidden = Σ_chunks dz @ W_c and d W_c = dzᵀ @ hidden.
+    Forward keeps a running log-sum-exp (and the running softmax mean of z, for the entropy) over chunks; backward
+    recomputes each tile and applies d z = g · (onehot − softmax_K), then the chain rule through the soft-cap and
+    the temperature: d l = d z · (1 − tanh²(l / softcap)) / T; d hidden = Σ_chunks dl @ W_c, d W_c = dlᵀ @ hidden.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, bias, temperature, chunk):
+    def forward(ctx, hidden, weight, targets, bias, temperature, chunk, softcap, threshold):
         dtype = compute_dtype(hidden.dtype)
         n, vocab = hidden.shape[0], weight.shape[0]
         lse = torch.full((n,), float("-inf"), dtype=dtype, device=hidden.device)    # (N,)
+        mean_z = torch.zeros(n, dtype=dtype, device=hidden.device)                  # (N,) E_p[z] so far
         picked = torch.zeros(n, dtype=dtype, device=hidden.device)                  # (N,)
         tgt = targets.long()
         for start in range(0, vocab, chunk):
             stop = min(start + chunk, vocab)
-            z = _chunk_logits(hidden, weight, bias, start, stop, temperature, dtype)   # (N, C)
-            lse = torch.logaddexp(lse, torch.logsumexp(z, dim=1))
+            z = process_logits(_chunk_raw(hidden, weight, bias, start, stop, dtype), temperature, softcap)
+            z = truncate(z, tgt, threshold, start)                                   # (N, C)
+            lse_c, mean_c = _entropy_terms(z)
+            new_lse = torch.logaddexp(lse, lse_c)
+            safe = torch.where(torch.isfinite(new_lse), new_lse, 0.0)
+            mean_z = mean_z * torch.exp(lse - safe) + mean_c * torch.exp(lse_c - safe)
+            lse = new_lse
             in_chunk = (tgt >= start) & (tgt < stop)                                 # (N,)
             local = (tgt - start).clamp(0, stop - start - 1)
             picked = torch.where(in_chunk, z.gather(1, local.unsqueeze(1)).squeeze(1), picked)
-        ctx.save_for_backward(hidden, weight, targets, bias, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        return picked - lse
+        ctx.save_for_backward(hidden, weight, targets, bias, lse, threshold)
+        ctx.temperature, ctx.chunk, ctx.softcap = temperature, chunk, softcap
+        entropy = lse - mean_z
+        ctx.mark_non_differentiable(entropy)
+        return picked - lse, entropy
 
     @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, targets, bias, lse = ctx.saved_tensors
-        temperature, chunk = ctx.temperature, ctx.chunk
+    def backward(ctx, grad_out, _grad_entropy):
+        hidden, weight, targets, bias, lse, threshold = ctx.saved_tensors
+        temperature, chunk, softcap = ctx.temperature, ctx.chunk, ctx.softcap
         dtype = lse.dtype
         g = grad_out.to(dtype)                                                       # (N,)
         tgt = targets.long()
@@ -91,27 +141,34 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         d_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b else None
         for start in range(0, weight.shape[0], chunk):
             stop = min(start + chunk, weight.shape[0])
-            z = _chunk_logits(hidden, weight, bias, start, stop, temperature, dtype)   # (N, C)
-            dz = -torch.exp(z - lse.unsqueeze(1)) * g.unsqueeze(1)                   # (N, C): −g·softmax
+            raw = _chunk_raw(hidden, weight, bias, start, stop, dtype)               # (N, C)
+            z = truncate(process_logits(raw, temperature, softcap), tgt, threshold, start)
+            dz = -torch.exp(z - lse.unsqueeze(1)) * g.unsqueeze(1)                   # (N, C): −g·softmax_K
             in_chunk = (tgt >= start) & (tgt < stop)
             rows = in_chunk.nonzero().squeeze(1)
             dz[rows, tgt[rows] - start] += g[rows]                                   # +g·onehot
-            dz = dz / temperature
+            dl = dz / temperature                                                    # (N, C) d raw logit
+            if softcap is not None:
+                dl = dl * (1 - torch.tanh(raw / softcap) ** 2)
             if need_h:
-                d_hidden += dz @ weight[start:stop].to(dtype)                        # (N, D)
+                d_hidden += dl @ weight[start:stop].to(dtype)                        # (N, D)
             if need_w:
-                d_weight[start:stop] = dz.T @ hidden.to(dtype)                       # (C, D)
+                d_weight[start:stop] = dl.T @ hidden.to(dtype)                       # (C, D)
             if need_b:
-                d_bias[start:stop] = dz.sum(0)
+                d_bias[start:stop] = dl.sum(0)
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
-        return cast(d_hidden, hidden), cast(d_weight, weight), None, (cast(d_bias, bias) if need_b else None), None, None
+        return (cast(d_hidden, hidden), cast(d_weight, weight), None, (cast(d_bias, bias) if need_b else None),
+                None, None, None, None)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           temperature: float = 1.0, bias: torch.Tensor | None = None,
-                          chunk: int = DEFAULT_VOCAB_CHUNK) -> torch.Tensor:
-    """log softmax((hidden @ weightᵀ + bias) / T)[targets], vocab-chunked: never materialises (N, V)."""
-    return _LinearTokenLogprobs.apply(hidden, weight, targets, bias, temperature, chunk)
+                          chunk: int = DEFAULT_VOCAB_CHUNK, *, softcap: float | None = None,
+                          threshold: torch.Tensor | None = None, return_entropy: bool = False):
+    """log softmax_K(process(hidden @ weightᵀ + bias))[targets], vocab-chunked: never materialises (N, V).
+    Returns (N,), or ((N,), entropy (N,) detached) with ``return_entropy``."""
+    lp, entropy = _LinearTokenLogprobs.apply(hidden, weight, targets, bias, temperature, chunk, softcap, threshold)
+    return (lp, entropy) if return_entropy else lp
 
 
 # ------------------------------------------------------------------------------------------------------ RAPID loss
@@ -196,8 +253,11 @@ def fused_rapid_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
                      behavior_logprobs: torch.Tensor, rewards: torch.Tensor, cu_seqlens: torch.Tensor,
                      group_size: int, eta: float = 2.0, baseline: str = "loo", loss_norm: float = 1.0,
                      is_level: str = "sequence", is_clip: str = "truncate", adv_scale: str = "none",
-                     temperature: float = 1.0, bias: torch.Tensor | None = None) -> RapidLossOutput:
+                     temperature: float = 1.0, bias: torch.Tensor | None = None, *, softcap: float | None = None,
+                     threshold: torch.Tensor | None = None, return_entropy: bool = False) -> RapidLossOutput:
     """lm_head + log-prob + RAPID loss: hidden states in, loss out, no (N, V) tensor."""
-    lp = linear_token_logprobs(hidden, weight, targets, temperature, bias)
-    return rapid_loss(lp, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
-                      is_level, is_clip, adv_scale)
+    lp, entropy = linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap=softcap,
+                                        threshold=threshold, return_entropy=True)
+    out = rapid_loss(lp, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm, is_level,
+                     is_clip, adv_scale)
+    return out._replace(entropy=entropy) if return_entropy else out

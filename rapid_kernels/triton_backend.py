@@ -41,12 +41,12 @@ def available() -> str | None:
     return "no CUDA device (set TRITON_INTERPRET=1 before import to run the kernels on CPU, slowly)"
 
 
-def token_logprobs(logits, targets, temperature):
-    return _tlp.token_logprobs(logits, targets, temperature)
+def token_logprobs(logits, targets, temperature, softcap, threshold, want_entropy):
+    return _tlp.token_logprobs(logits, targets, temperature, softcap, threshold, want_entropy)
 
 
-def linear_token_logprobs(hidden, weight, targets, temperature, bias):
-    return _ltlp.linear_token_logprobs(hidden, weight, targets, temperature, bias)
+def linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap, threshold, want_entropy):
+    return _ltlp.linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap, threshold, want_entropy)
 
 
 def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
@@ -56,8 +56,10 @@ def rapid_loss(token_logprobs, behavior_logprobs, rewards, cu_seqlens, group_siz
 
 
 def fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline,
-                     loss_norm, is_level, is_clip, adv_scale, temperature, bias):
+                     loss_norm, is_level, is_clip, adv_scale, temperature, bias, softcap, threshold, want_entropy):
     """The linear log-prob kernel chained into the epilogue: hidden states in, loss out, no (N, V) tensor."""
-    lp = _ltlp.linear_token_logprobs(hidden, weight, targets, temperature, bias)            # (N,) fp32
-    return _loss.rapid_loss(lp, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
-                            is_level, is_clip, adv_scale)
+    lp, entropy = _ltlp.linear_token_logprobs(hidden, weight, targets, temperature, bias, softcap, threshold,
+                                              want_entropy)                          # (N,) fp32
+    out = _loss.rapid_loss(lp, behavior_logprobs, rewards, cu_seqlens, group_size, eta, baseline, loss_norm,
+                           is_level, is_clip, adv_scale)
+    return out._replace(entropy=entropy) if want_entropy else out

@@ -108,3 +108,65 @@ def test_dispatch_basics():
     for name in rapid_kernels.available_backends("cpu"):
         out = rapid_kernels.token_logprobs(x.double(), torch.tensor([0, 1, 2]), backend=name)
         assert out.dtype == F64
+
+
+# ----------------------------------------------------------------------------- soft-cap, threshold, entropy
+def _processing_inputs(seed=6):
+    torch.manual_seed(seed)
+    h = torch.randn(9, 6, dtype=F64, requires_grad=True)
+    w = torch.randn(23, 6, dtype=F64, requires_grad=True)
+    b = torch.randn(23, dtype=F64, requires_grad=True)
+    t = torch.tensor([0, 22, 7, 8, 15, 16, 3, 22, 1])
+    z = reference.process_logits((h @ w.T + b).detach(), 0.8, 2.5)
+    thr = (z.median(dim=1).values + 0.013).float()                     # keeps about half of each row
+    thr[0] = float("-inf")
+    return h, w, b, t, thr
+
+
+@pytest.mark.parametrize("chunk", [5, 23])
+def test_processed_linear_equals_dense_formula(chunk):
+    """softcap·tanh(l/softcap)/T, then the softmax over {z ≥ τ} ∪ {target}: the chunked op == the formula."""
+    h, w, b, t, thr = _processing_inputs()
+    lp, ent = reference.linear_token_logprobs(h, w, t, 0.8, b, chunk, softcap=2.5, threshold=thr, return_entropy=True)
+    z = 2.5 * torch.tanh((h @ w.T + b) / 2.5) / 0.8
+    keep = z >= thr.double()[:, None]
+    keep[torch.arange(9), t] = True
+    logp = torch.log_softmax(z.masked_fill(~keep, float("-inf")), dim=1)
+    dense = logp.gather(1, t[:, None]).squeeze(1)
+    assert torch.allclose(lp, dense)
+    p = logp.exp()
+    assert torch.allclose(ent, -(p * torch.where(keep, logp, 0.0)).sum(1))
+    assert not ent.requires_grad
+    grads = torch.autograd.grad(lp.sum(), (h, w, b))
+    dense_grads = torch.autograd.grad(dense.sum(), (h, w, b))
+    assert all(torch.allclose(a, e) for a, e in zip(grads, dense_grads))
+
+
+def test_processed_gradcheck_float64():
+    h, w, b, t, thr = _processing_inputs(seed=7)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: reference.linear_token_logprobs(h, w, t, 1.3, b, 6, softcap=3.0, threshold=thr), (h, w, b))
+    logits = (h @ w.T + b).detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: reference.token_logprobs(x, t, 0.9, softcap=2.0, threshold=thr), (logits,))
+
+
+def test_target_below_threshold_is_kept_and_others_get_zero_gradient():
+    h, w, b, t, thr = _processing_inputs(seed=8)
+    logits = (h @ w.T + b).detach()
+    t = logits.argmin(dim=1)                                          # every target at the bottom of its row
+    x = logits.clone().requires_grad_()
+    lp = rapid_kernels.token_logprobs(x, t, threshold=thr, backend="torch")
+    assert torch.isfinite(lp).all()
+    lp.sum().backward()
+    keep = logits >= thr.double()[:, None]
+    keep[torch.arange(9), t] = True
+    assert torch.all(x.grad[~keep] == 0) and torch.all(x.grad[keep] != 0)
+
+
+def test_token_and_linear_agree_on_processing():
+    h, w, b, t, thr = _processing_inputs(seed=9)
+    kw = dict(softcap=1.7, threshold=thr, return_entropy=True)
+    a = rapid_kernels.linear_token_logprobs(h, w, t, 0.6, b, backend="torch", **kw)
+    c = rapid_kernels.token_logprobs(h @ w.T + b, t, 0.6, backend="torch", **kw)
+    assert torch.allclose(a[0], c[0]) and torch.allclose(a[1], c[1])

@@ -106,3 +106,82 @@ def test_fused_checks_sequence_arguments_against_hidden(backend):
     args["cu_seqlens"] = torch.tensor([0, 2, 3])
     with pytest.raises(ValueError, match="cu_seqlens"):
         rapid_kernels.fused_rapid_loss(behavior_logprobs=torch.zeros(4), **args, backend=backend)
+
+
+PROCESSING_CASES = [
+    ("softcap", dict(softcap=0.0)),
+    ("softcap", dict(softcap=-1.0)),
+    ("softcap", dict(softcap=float("inf"))),
+    ("softcap", dict(softcap="3")),
+    ("threshold", dict(threshold=torch.zeros(3))),                                   # length
+    ("threshold", dict(threshold=torch.zeros(4, dtype=torch.float64))),              # dtype
+    ("threshold", dict(threshold=torch.zeros(4, 1))),                                # rank
+    ("threshold", dict(threshold=torch.tensor([0.0, float("nan"), 0.0, 0.0]))),      # NaN
+    ("threshold", dict(threshold=torch.zeros(4, device="meta"))),                    # device
+    ("return_entropy", dict(return_entropy=1)),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,over", PROCESSING_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(PROCESSING_CASES)])
+def test_processing_bad_input(backend, name, over):
+    """softcap / threshold / return_entropy are checked by all three log-prob ops, before any kernel runs."""
+    logits, targets = torch.randn(4, 7), torch.tensor([0, 1, 6, 2])
+    with pytest.raises(ValueError, match=name):
+        rapid_kernels.token_logprobs(logits, targets, **over, backend=backend)
+    lin = dict(hidden=torch.randn(4, 3), weight=torch.randn(7, 3), targets=targets)
+    with pytest.raises(ValueError, match=name):
+        rapid_kernels.linear_token_logprobs(**lin, **over, backend=backend)
+    loss = dict(behavior_logprobs=torch.zeros(4), rewards=torch.ones(2), cu_seqlens=torch.tensor([0, 2, 4]),
+                group_size=2)
+    with pytest.raises(ValueError, match=name):
+        rapid_kernels.fused_rapid_loss(**lin, **loss, **over, backend=backend)
+
+
+def test_infinite_thresholds_are_valid():
+    out = rapid_kernels.token_logprobs(torch.randn(2, 5), torch.tensor([0, 4]),
+                                       threshold=torch.tensor([float("-inf"), float("inf")]), backend="torch")
+    assert torch.isfinite(out).all() and out[1] == 0
+
+
+class _SyncCounter:
+    """Counts the Tensor → Python conversions that force a device sync (item, tolist, bool, int, float)."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            self.calls.append(name)
+            return original(tensor, *args, **kwargs)
+        return counted
+
+
+def test_validation_syncs_at_most_once_per_call(monkeypatch):
+    """All data checks of a call (targets range, cu_seqlens, finite rewards / behaviour log-probs, NaN-free
+    threshold) reach the host in ONE transfer: on CUDA each sync is a pipeline bubble."""
+    from rapid_kernels import _validate
+
+    n = 6
+    args = dict(hidden=torch.randn(n, 3), weight=torch.randn(7, 3), targets=torch.tensor([0, 1, 6, 2, 3, 4]),
+                behavior_logprobs=torch.zeros(n), rewards=torch.ones(2), cu_seqlens=torch.tensor([0, 2, n]),
+                group_size=2, eta=2.0, baseline="loo", loss_norm=1.0, is_level="sequence", is_clip="truncate",
+                adv_scale="none", temperature=1.0, bias=None, softcap=None, threshold=torch.zeros(n),
+                return_entropy=False)
+    counter = _SyncCounter(monkeypatch)
+    _validate.check_fused_rapid_loss(**args)
+    assert counter.calls == ["tolist"]
+    counter.calls.clear()
+    _validate.check_rapid_loss(torch.zeros(n), torch.zeros(n), torch.ones(2), torch.tensor([0, 2, n]), 2, 2.0, "loo",
+                               1.0, "sequence", "truncate", "none")
+    assert counter.calls == ["tolist"]
+    counter.calls.clear()
+    bad = dict(args, rewards=torch.ones(3), cu_seqlens=torch.tensor([0, 4, 2, n]), group_size=3, baseline="mean")
+    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):   # still the precise message
+        _validate.check_fused_rapid_loss(**bad)
+    assert counter.calls == ["tolist"]

@@ -8,9 +8,16 @@ Runs (all with the same model, task, seed, prompts per step, group size and *sam
     grpo         PPO-clip per-token, std-normalised advantages, --grpo-h mini-batches per rollout (as TRL/verl)
     rapid-auto   RAPID with adaptive H (rapid.adaptive.AdaptiveH), H_max = --max-h, capped at the same budget
 
-Models: ``tiny`` (CPU): the demo's SFT-warm-started tiny Qwen2 on the demo's arithmetic task (rapid.demo, cached
-under .cache/rapid-demo/); accuracy is greedy exact-match on the held-out split. ``qwen0.5b-random`` (GPU):
-a Qwen2.5-0.5B-shaped model with random bf16 weights and a padded char tokenizer: throughput only (rewards ~0).
+Models (benchmarks/e2e/setups.py): ``tiny`` (CPU): the demo's SFT-warm-started tiny Qwen2 on the demo's arithmetic
+task; accuracy is greedy exact-match on the held-out split. ``mid`` (CPU): issue 17's mid geometry, a random Qwen2
+(hidden 256, 4 layers, vocab 8192) with 48 new tokens and a throughput reward: throughput only, no eval.
+``qwen0.5b-random`` (GPU): a Qwen2.5-0.5B-shaped model with random bf16 weights: throughput only (rewards ~0).
+
+Modes: sequential (default; ``--threads`` torch threads) or ``--overlap`` (rapid's overlap=True: the engine in its own
+process with ``--engine-threads`` cores, the trainer with the rest; rollout r+1 generated during rollout r's update).
+Times: ``train_s`` is the trainer's ``time/train_s``; ``train_wall_s`` / ``steady_samples_per_s`` / the curve's
+``wall_s`` are billed from the profile timeline (benchmarks/e2e/timeline.py), which charges every wait for
+generation in both modes; ``steady_samples_per_s`` excludes the first rollout (warm-up).
 """
 
 from __future__ import annotations
@@ -29,62 +36,45 @@ import torch
 
 from rapid.profiling import device_name
 
-QWEN05B_SHAPE = dict(num_layers=24, hidden_size=896, num_heads=14, num_kv_heads=2, intermediate_size=4864,
-                     max_position_embeddings=32768)
-QWEN_VOCAB = 151_936
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from setups import setup, tiny_setup  # noqa: E402  (tiny_setup: re-exported for benchmarks/peers)
+from timeline import load_clock, wall_numbers  # noqa: E402
 
 
 def parse_run(run: str, max_h: int, grpo_h: int) -> dict:
-    """Run name -> algo, H (rollout size in steps) and whether H is adaptive."""
-    m = re.fullmatch(r"rapid-h(\d+)", run)
+    """Run name -> algo, H (rollout size in steps), whether H is adaptive, and mode overrides from suffixes:
+    ``-overlap`` (overlap=True), ``-t<N>`` (N torch threads, sequential), ``-e<N>`` (N engine threads, overlap).
+    E.g. ``rapid-h4-t2`` (sequential, 2 threads) and ``rapid-h4-overlap-e1`` (engine 1 core, trainer the rest)."""
+    base, mods = run, {}
+    while True:
+        m = re.fullmatch(r"(.+)-(overlap|t(\d+)|e(\d+))", base)
+        if not m:
+            break
+        base = m.group(1)
+        if m.group(2) == "overlap":
+            mods["overlap"] = True
+        elif m.group(3):
+            mods["threads"] = int(m.group(3))
+        else:
+            mods["engine_threads"] = int(m.group(4))
+    m = re.fullmatch(r"rapid-h(\d+)", base)
     if m:
-        return {"algo": "rapid", "h": int(m.group(1)), "adaptive": False}
-    if run == "grpg":
-        return {"algo": "grpg", "h": 1, "adaptive": False}
-    if run == "grpo":
-        return {"algo": "grpo", "h": grpo_h, "adaptive": False}
-    if run == "rapid-auto":
-        return {"algo": "rapid", "h": max_h, "adaptive": True}
-    raise ValueError(f"unknown run {run!r}: rapid-h<H>, grpg, grpo or rapid-auto")
-
-
-def tiny_setup(seed: int = 0, log=None):
-    """The demo's warm-started tiny model (rapid.demo.sft_warm_start, cached) and the demo's arithmetic task."""
-    from rapid.demo import DemoSettings, sft_warm_start
-    from rapid.tasks.arithmetic import make_arithmetic_task
-
-    settings = DemoSettings(seed=seed)
-    task = make_arithmetic_task(settings.difficulty, settings.n_train, settings.n_eval, settings.seed,
-                                digits=getattr(settings, "digits", None))
-    model, tok, _ = sft_warm_start(settings, task, log=log or (lambda msg: logging.info("%s", msg)))
-    model.config.rapid_warm_start = settings.key()   # which cached warm start (the demo's settings can change)
-    return model, tok, task
-
-
-def qwen_random_setup(args, workdir: Path):
-    """Qwen2.5-0.5B shape, random weights, saved to disk (vLLM loads a path). Throughput only."""
-    from transformers import AutoModelForCausalLM
-
-    from rapid.tasks.arithmetic import make_arithmetic_task
-    from rapid.tiny import build_tokenizer, save_tiny, tiny_config
-
-    tok = build_tokenizer()
-    # random weights sample any of the 151 936 ids: give every id a printable token so decoding never fails
-    tok.add_tokens([f"<r{i}>" for i in range(QWEN_VOCAB - len(tok))])
-    config = tiny_config(QWEN_VOCAB, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, **QWEN05B_SHAPE)
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    path = save_tiny(model, tok, workdir / "qwen0.5b-random")
-    task = make_arithmetic_task(difficulty=2, n_train=4000, n_eval=args.n_eval, seed=args.seed)
-    return str(path), tok, task
+        return {"algo": "rapid", "h": int(m.group(1)), "adaptive": False, **mods}
+    if base == "grpg":
+        return {"algo": "grpg", "h": 1, "adaptive": False, **mods}
+    if base == "grpo":
+        return {"algo": "grpo", "h": grpo_h, "adaptive": False, **mods}
+    if base == "rapid-auto":
+        return {"algo": "rapid", "h": max_h, "adaptive": True, **mods}
+    raise ValueError(f"unknown run {run!r}: rapid-h<H>, grpg, grpo or rapid-auto, optionally with -overlap, -t<N>, "
+                     "-e<N> suffixes")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--model", choices=("tiny", "qwen0.5b-random"), default="tiny")
+    p.add_argument("--model", choices=("tiny", "mid", "qwen0.5b-random"), default="tiny")
     p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="hf")
     p.add_argument("--budget-samples", type=int, default=1024, help="completions per run (all runs equal)")
     p.add_argument("--group-size", type=int, default=8)
@@ -99,14 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-h", type=int, default=16)
     p.add_argument("--grpo-h", type=int, default=4)
     p.add_argument("--max-train-seconds", type=float, default=None)
+    p.add_argument("--overlap", action="store_true", help="rapid overlap=True (engine in its own process)")
+    p.add_argument("--engine-threads", type=int, default=None, help="overlap: the engine's cores (default half)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
 
     import rapid
     from rapid.loggers import read_metrics
 
     spec = parse_run(args.run, args.max_h, args.grpo_h)
+    args.overlap = spec.get("overlap", args.overlap)
+    args.threads = spec.get("threads", args.threads)
+    args.engine_threads = spec.get("engine_threads", args.engine_threads)
+    torch.set_num_threads(args.threads)          # overlap=True then gives the trainer the cores the engine leaves
     run_dir = Path(args.out) / args.run
     run_dir.mkdir(parents=True, exist_ok=True)
     samples_per_step = args.prompts_per_step * args.group_size
@@ -115,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"group_size * H ({samples_per_step * spec['h']}) for {args.run}")
     budget_steps = args.budget_samples // samples_per_step
     t_setup = time.perf_counter()
-    if args.model == "tiny":
-        model, tok, task = tiny_setup(args.warm_seed)
-    else:
-        model, tok, task = qwen_random_setup(args, run_dir)
+    model, tok, task = setup(args.model, args.seed, args.warm_seed, args.n_eval, run_dir)
     setup_s = time.perf_counter() - t_setup
     max_new = args.max_new_tokens or task.max_new_tokens
     extra = {"benchmark": "e2e", "run": args.run}
@@ -133,13 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         algo=spec["algo"], group_size=args.group_size, prompts_per_step=args.prompts_per_step,
         prompts_per_rollout=spec["h"] * args.prompts_per_step, num_rollouts=num_rollouts, adaptive_h=spec["adaptive"],
         max_new_tokens=max_new, lr=args.lr, engine=args.engine, seed=args.seed, output_dir=str(run_dir / "train"),
-        eval_every=eval_every, progress_bar=False, max_train_seconds=args.max_train_seconds, extra=extra)
+        eval_every=eval_every if task.eval else 0, progress_bar=False, max_train_seconds=args.max_train_seconds,
+        overlap=args.overlap, engine_threads=args.engine_threads, extra=extra)
     t0 = time.perf_counter()
-    result = rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok, eval_dataset=task.eval)
+    load_start = os.getloadavg()[0]
+    result = rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok, eval_dataset=task.eval or None)
     wall = time.perf_counter() - t0
     records = read_metrics(str(run_dir / "train"))
     kept = within_budget(records, budget_steps)
     summary = summarize(args, spec, kept, samples_per_step, wall, setup_s)
+    summary.update(billed(load_clock(run_dir / "train"), kept, samples_per_step, summary["curve"]))
+    summary.update(loadavg_start=load_start, loadavg_end=os.getloadavg()[0])
     summary["steps_run_past_budget"] = sum(int(r.get("rapid/steps", 0)) for r in records) - summary["optimizer_steps"]
     summary["interrupted"] = result.interrupted
     summary["warm_start"] = getattr(getattr(model, "config", None), "rapid_warm_start", args.model)
@@ -183,6 +179,8 @@ def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall
         "run": args.run, "algo": spec["algo"], "h": "auto" if spec["adaptive"] else spec["h"],
         "h_trace": [int(r["rapid/steps"]) for r in steps],
         "model": args.model, "engine": args.engine, "seed": args.seed, "budget_samples": args.budget_samples,
+        "overlap": args.overlap, "engine_threads": args.engine_threads if args.overlap else None,
+        "overlap_frac_mean": _mean([r.get("perf/overlap_frac") for r in steps]),
         "samples": samples, "optimizer_steps": sum(int(r["rapid/steps"]) for r in steps), "rollouts": len(steps),
         "train_s": train_s, "samples_per_s": samples / train_s if train_s else None,
         "phases_s": phases, "accuracy_init": curve[0]["accuracy"] if curve else None,
@@ -191,9 +189,21 @@ def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall
         "ess_mean": _mean([r.get("rapid/ess") for r in steps]),
         "clip_frac_mean": _mean([r.get("rapid/clip_frac") for r in steps]),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else device_name(torch.device("cpu")),
-        "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
     }
+
+
+def billed(clock, records: list[dict], samples_per_step: int, curve: list[dict]) -> dict:
+    """Timeline-billed numbers (benchmarks/e2e/timeline.py): train_wall_s, steady_samples_per_s, warm-up, and each
+    curve point's ``wall_s`` (evals in order; the initial one is at 0)."""
+    per_rollout = [int(r["rapid/steps"]) * samples_per_step for r in records if "rapid/steps" in r]
+    out = wall_numbers(clock, len(per_rollout), per_rollout)
+    if clock is not None and curve:
+        stamps = [0.0] + [clock(t) for t in clock.evals]
+        for point, stamp in zip(curve, stamps):
+            point["wall_s"] = stamp
+    return out
 
 
 def _mean(values) -> float | None:

@@ -41,9 +41,15 @@ step build env RAPID_BUILD_CUDA=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_
 # 3. GPU test tier: Triton and CUDA kernels vs the float64 reference, memory bounds, opcheck, vLLM sleep/wake.
 step test_gpu $PY -m pytest -m gpu -q -p no:cacheprovider tests
 
-# 4. Kernel benchmarks at Qwen2.5-0.5B / 1.5B shapes vs eager, torch.compile (and Liger when installed).
+# 4. Kernel benchmarks at Qwen2.5-0.5B / 1.5B shapes vs eager, torch.compile (and Liger when installed), each row
+#    beside the analytic estimate of the same design (h100_est_ms); the sm_90 compile tier under the image's Triton
+#    (register / shared-memory report of every kernel); and the measured auto-dispatch record for this GPU (copy it
+#    into rapid_kernels/dispatch_table.json, or pass --ship, to make `auto` use it).
+step compile_sm90 $PY -m benchmarks.gpu.compile_sm90
+step cost_model $PY -m benchmarks.kernels.cost_model
 step bench_kernels $PY -m benchmarks.kernels.run --device cuda --out "$OUT_DIR/kernels_cuda.csv"
 step plot_kernels $PY -m benchmarks.kernels.plot --csv "$OUT_DIR/kernels_cuda.csv" --out "$OUT_DIR/kernels_cuda.png"
+step record_dispatch $PY -m benchmarks.kernels.record_dispatch --device cuda --out "$OUT_DIR/dispatch_table.json"
 
 # 5. vLLM sleep / wake / weight sync on a Qwen2.5-0.5B-shaped model (target <= 0.5 s).
 step sleep_wake $PY benchmarks/gpu/bench_sleep_wake.py --level 2 --cycles 10

@@ -18,9 +18,12 @@ def cases(device: str) -> list[dict]:
     if device == "cuda":   # Qwen2.5-0.5B (D = 896) and 1.5B (D = 1536) lm_heads, vocabulary 151 936
         return [dict(shape=dict(N=n, D=d, V=151936), dtype="bfloat16") for d in (896, 1536)
                 for n in (4096, 16384, 32768)]
-    return [dict(shape=dict(N=n, D=d, V=v), dtype="float32")        # tiny models on CPU
-            for n, d, v in ((1024, 128, 4096), (2048, 256, 16384), (4096, 128, 32768), (2048, 512, 32768),
-                            (4096, 896, 16384), (8192, 256, 8192))]
+    acceptance = [dict(shape=dict(N=1024, D=d, V=16384), dtype=dt)   # issue 13: D in {256, 896, 1536}, fp32 + bf16
+                  for dt in ("float32", "bfloat16") for d in (256, 896, 1536)]
+    acceptance.append(dict(shape=dict(N=4096, D=1536, V=16384), dtype="bfloat16"))   # memory when N ≫ D / 4
+    return acceptance + [dict(shape=dict(N=n, D=d, V=v), dtype="float32")        # tiny models on CPU
+                         for n, d, v in ((1024, 128, 4096), (2048, 256, 16384), (4096, 128, 32768),
+                                         (2048, 512, 32768), (4096, 896, 16384), (8192, 256, 8192))]
 
 
 def shape_str(shape: dict) -> str:

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 COLUMNS = ["timestamp", "git_rev", "device", "device_name", "torch", "triton", "threads", "op", "provider", "mode",
-           "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "cpu_ms", "peak_mem_mb", "warmup_s", "repeats", "note"]
+           "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "cpu_ms", "peak_mem_mb", "warmup_s", "repeats", "note",
+           "h100_est_ms", "load_avg"]
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("token_logprobs", "linear_token_logprobs", "rapid_loss")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -211,12 +212,22 @@ def run_isolated(op: str, provider: str, shape: dict, dtype: str, device: str, m
 
 
 def write_rows(path: str, rows: list[dict], device: str) -> None:
-    """Append rows (plus the environment columns) to the CSV at path, writing the header when new."""
+    """Append rows (plus the environment columns) to the CSV at path, writing the header when new; a file written
+    with an older column list is rewritten once under the current one (missing columns left empty)."""
     env = dict(timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                git_rev=git_revision(), device=device, device_name=device_name(device), torch=torch.__version__,
-               triton=triton_version())
-    new = not os.path.exists(path)
+               triton=triton_version(), load_avg=round(os.getloadavg()[0], 2))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != COLUMNS:
+                old_rows = list(reader)
+                with open(path, "w", newline="", encoding="utf-8") as out:
+                    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(old_rows)
+    new = not os.path.exists(path)
     with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:

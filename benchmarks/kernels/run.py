@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from benchmarks.kernels import harness
+from benchmarks.kernels import cost_model, harness
 
 log = logging.getLogger("benchmarks.kernels")
 
@@ -55,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows = harness.run_isolated(op, provider, case["shape"], dtype, args.device, modes, args.warmup,
                                             repeats)
+                # the analytic H100 estimate of the same design, in bf16 (an ESTIMATE: benchmarks/kernels/cost_model)
+                est = cost_model.estimate_ms(op, provider, case["shape"], "bfloat16")
+                for row in rows:
+                    row["h100_est_ms"] = "" if est is None or row["mode"] != "fwd+bwd" else est
                 harness.write_rows(args.out, rows, args.device)
                 for row in rows:
-                    log.info("%-22s %-14s %-8s %-26s %-9s median %9.3f ms (cpu %9.1f ms)  peak %9.1f MB  %s", op,
-                             provider, row["mode"], shape, dtype, row.get("median_ms", float("nan")),
-                             row.get("cpu_ms", float("nan")), row.get("peak_mem_mb", float("nan")),
-                             row.get("note", ""))
+                    log.info("%-22s %-14s %-8s %-26s %-9s median %9.3f ms (cpu %9.1f ms)  peak %9.1f MB  %s  "
+                             "[H100 estimate, bf16 fwd+bwd: %s ms]", op, provider, row["mode"], shape, dtype,
+                             row.get("median_ms", float("nan")), row.get("cpu_ms", float("nan")),
+                             row.get("peak_mem_mb", float("nan")), row.get("note", ""), row.get("h100_est_ms") or "-")
                 summary += rows
     sys.stdout.write(json.dumps(dict(out=args.out, rows=len(summary), device=harness.device_name(args.device))) + "\n")
     return 0

@@ -13,6 +13,9 @@ per optimizer step (TRL: a TrainerCallback's on_step_begin/on_step_end; rapid: t
 rollout), the first generation block (H steps) excluded as warm-up and reported apart. Providers alternate
 (rapid, TRL, rapid, TRL, ...) --repeats times so drifting load from other processes hits both; the summary takes
 the median. Writes OUT/trl_grpo.csv and prints one JSON line last.
+
+TRL inside the end-to-end benchmark (same budget, accuracy over time, the mid geometry): benchmarks/peers/trl_e2e.py,
+which run_e2e.py calls for ``trl-h<H>`` runs.
 """
 
 from __future__ import annotations
@@ -46,9 +49,24 @@ def cpu_name() -> str:
 def warm_model(seed: int):
     """The demo's warm-started tiny model and task, exactly as the e2e benchmark builds them."""
     sys.path.insert(0, str(ROOT / "benchmarks" / "e2e"))
-    from worker import tiny_setup
+    from setups import tiny_setup
 
     return tiny_setup(seed, log=lambda msg: print(msg, file=sys.stderr))
+
+
+def trl_config(tmp: str, args, h: int, steps: int, max_new: int):
+    """TRL's GRPOConfig with rapid's shared settings: K, P*K completions a step, generation every H steps, the same
+    lr with rapid's schedule (constant, no warm-up, no weight decay, grad-norm clip 1), temperature 1, no KL, no
+    gradient checkpointing. TRL's own algorithm choices (loss_type, PPO clip, reward scaling) stay its defaults."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=tmp, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=10_000,
+        disable_tqdm=True, seed=args.seed, max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        per_device_train_batch_size=args.group_size * args.prompts_per_step, gradient_accumulation_steps=1,
+        num_generations=args.group_size, steps_per_generation=h, max_completion_length=max_new,
+        temperature=1.0, beta=0.0, gradient_checkpointing=False, dataloader_num_workers=0)
 
 
 def run_rapid(args) -> dict:
@@ -75,7 +93,7 @@ def run_trl(args) -> dict:
     import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     model, tok, task = warm_model(args.seed)
     times: list[float] = []
@@ -96,13 +114,7 @@ def run_trl(args) -> dict:
 
     samples_per_step = args.group_size * args.prompts_per_step
     with tempfile.TemporaryDirectory() as tmp:
-        config = GRPOConfig(
-            output_dir=tmp, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=10_000,
-            disable_tqdm=True, seed=args.seed, max_steps=args.steps, learning_rate=args.lr,
-            per_device_train_batch_size=samples_per_step, gradient_accumulation_steps=1,
-            num_generations=args.group_size, steps_per_generation=args.h,
-            max_completion_length=task.max_new_tokens,
-            temperature=1.0, beta=0.0, gradient_checkpointing=False, dataloader_num_workers=0)
+        config = trl_config(tmp, args, args.h, args.steps, task.max_new_tokens)
         trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=config,
                               train_dataset=Dataset.from_list(task.train), callbacks=[StepTimer()])
         trainer.train()

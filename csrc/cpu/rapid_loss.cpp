@@ -5,6 +5,7 @@
 // per-sequence coefficient c_s = −w̄_s A_s / (S · loss_norm). Then loss = Σ_s c_s Σ_t lp_t and the per-token
 // gradient coef[t] = c_{s(t)} (written in the same parallel pass shape). Sums are fp32 per sequence (as the
 // reference's index_add_), the loss is summed over sequences in order in double: reproducible for any thread count.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>

@@ -1,7 +1,11 @@
-// token_logprobs on CPU: out[i] = logits[i, t_i] / T − logsumexp(logits[i] / T), one row per task.
+// token_logprobs on CPU: out[i] = z[i, t_i] − logsumexp_{K_i} z[i], one row per task, where z = processed logits
+// (soft-cap, temperature) and K_i the kept set (z >= threshold[i], plus the target).
 //
-// Forward reads each row twice (scale + max, then Σ exp) from a per-thread fp32 copy of the row; backward
-// recomputes softmax from the saved LSE: d logits[i, j] = g_i / T · (1[j = t_i] − p_ij). No [N, V] fp32 buffer.
+// Forward reads each row twice (process + max, then Σ exp and, for the entropy, Σ exp · z) from a per-thread fp32
+// copy of the row; backward recomputes the softmax from the saved LSE:
+// d logits[i, j] = g_i / T · (1[j = t_i] − p_ij) · (1 − tanh²) for the soft-cap, exactly 0 outside K_i.
+// No [N, V] fp32 buffer.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <vector>
@@ -22,16 +26,26 @@ void load_row(const scalar_t* src, float* dst, int64_t n) {
 }
 
 template <typename scalar_t>
-void fwd_impl(const at::Tensor& logits, const int64_t* targets, float inv_t, float* out, float* lse) {
+void fwd_impl(const at::Tensor& logits, const int64_t* targets, const LogitOptions& opt, float* out, float* lse,
+              float* entropy) {
   const int64_t n = logits.size(0), vocab = logits.size(1);
   const scalar_t* x = logits.data_ptr<scalar_t>();
+  const float* thr = opt.thr_ptr();
   at::parallel_for(0, n, row_grain(vocab), [&](int64_t begin, int64_t end) {
     std::vector<float> row(vocab);
     for (int64_t i = begin; i < end; ++i) {
       load_row(x + i * vocab, row.data(), vocab);
-      const float m = scale_and_max(row.data(), nullptr, vocab, inv_t);
+      const RowProcess p = RowProcess::make(opt.temperature, opt.softcap, thr, i);
+      const float m = process_and_max(row.data(), nullptr, vocab, p, targets[i]);
       LseState state;
-      state.merge(m, sum_exp(row.data(), vocab, m));
+      if (entropy) {
+        float ez = 0.0f;
+        const float s = sum_exp_ez(row.data(), vocab, m, &ez);
+        state.merge(m, s, ez);
+        entropy[i] = state.entropy();
+      } else {
+        state.merge(m, sum_exp(row.data(), vocab, m));
+      }
       lse[i] = state.lse();
       out[i] = row[targets[i]] - lse[i];
     }
@@ -39,19 +53,28 @@ void fwd_impl(const at::Tensor& logits, const int64_t* targets, float inv_t, flo
 }
 
 template <typename scalar_t>
-void bwd_impl(const float* grad, const at::Tensor& logits, const int64_t* targets, const float* lse, float inv_t,
-              at::Tensor& dlogits) {
+void bwd_impl(const float* grad, const at::Tensor& logits, const int64_t* targets, const float* lse,
+              const LogitOptions& opt, at::Tensor& dlogits) {
   const int64_t n = logits.size(0), vocab = logits.size(1);
   const scalar_t* x = logits.data_ptr<scalar_t>();
   scalar_t* dx = dlogits.data_ptr<scalar_t>();
+  const float* thr = opt.thr_ptr();
+  const float k = opt.softcap != 0.0 ? static_cast<float>(opt.temperature / opt.softcap) : 0.0f;  // tanh = z · k
   at::parallel_for(0, n, row_grain(vocab), [&](int64_t begin, int64_t end) {
     std::vector<float> row(vocab);
     for (int64_t i = begin; i < end; ++i) {
       load_row(x + i * vocab, row.data(), vocab);
-      scale_and_max(row.data(), nullptr, vocab, inv_t);
-      const float scale = grad[i] * inv_t;
-      neg_softmax_scaled(row.data(), vocab, lse[i], scale);
-      row[targets[i]] += scale;
+      const RowProcess p = RowProcess::make(opt.temperature, opt.softcap, thr, i);
+      process_and_max(row.data(), nullptr, vocab, p, targets[i]);
+      const float scale = grad[i] * p.inv_t;
+      const float z_t = row[targets[i]];
+      if (k != 0.0f) {
+        neg_softmax_scaled_softcap(row.data(), vocab, lse[i], scale, k);
+        row[targets[i]] += scale * (1.0f - (z_t * k) * (z_t * k));
+      } else {
+        neg_softmax_scaled(row.data(), vocab, lse[i], scale);
+        row[targets[i]] += scale;
+      }
       scalar_t* dst = dx + i * vocab;
       for (int64_t j = 0; j < vocab; ++j) dst[j] = static_cast<scalar_t>(row[j]);
     }
@@ -60,24 +83,23 @@ void bwd_impl(const float* grad, const at::Tensor& logits, const int64_t* target
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets,
-                                                      double temperature) {
+LogprobResult token_logprobs_fwd(const at::Tensor& logits, const at::Tensor& targets, const LogitOptions& opt) {
   const auto opts = logits.options().dtype(at::kFloat);
-  at::Tensor out = at::empty({logits.size(0)}, opts);
-  at::Tensor lse = at::empty({logits.size(0)}, opts);
-  const float inv_t = static_cast<float>(1.0 / temperature);
+  const int64_t n = logits.size(0);
+  at::Tensor out = at::empty({n}, opts), lse = at::empty({n}, opts);
+  at::Tensor entropy = at::empty({opt.want_entropy ? n : 0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "rapid_token_logprobs_fwd", [&] {
-    fwd_impl<scalar_t>(logits, targets.data_ptr<int64_t>(), inv_t, out.data_ptr<float>(), lse.data_ptr<float>());
+    fwd_impl<scalar_t>(logits, targets.data_ptr<int64_t>(), opt, out.data_ptr<float>(), lse.data_ptr<float>(),
+                       opt.want_entropy ? entropy.data_ptr<float>() : nullptr);
   });
-  return {out, lse};
+  return {out, lse, entropy};
 }
 
 at::Tensor token_logprobs_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& targets,
-                              const at::Tensor& lse, double temperature) {
+                              const at::Tensor& lse, const LogitOptions& opt) {
   at::Tensor dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);
-  const float inv_t = static_cast<float>(1.0 / temperature);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "rapid_token_logprobs_bwd", [&] {
-    bwd_impl<scalar_t>(grad.data_ptr<float>(), logits, targets.data_ptr<int64_t>(), lse.data_ptr<float>(), inv_t,
+    bwd_impl<scalar_t>(grad.data_ptr<float>(), logits, targets.data_ptr<int64_t>(), lse.data_ptr<float>(), opt,
                        dlogits);
   });
   return dlogits;

@@ -4,6 +4,9 @@
 // computes the clipped weights, the importance-weighted baseline, the advantages and the per-sequence gradient
 // coefficient c_s = −w̄_s A_s / (S · loss_norm) (K is small), and the block broadcasts c_s to the tokens. Per-group
 // partial losses and clip counts are summed on the host side by ATen (deterministic, no atomics).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/ops/empty.h>
+
 #include "../rapid_ops.h"
 #include "common.cuh"
 
@@ -83,8 +86,11 @@ __global__ void rapid_loss_group_kernel(const float* __restrict__ lp, const floa
 }
 
 }  // namespace
+}  // namespace cuda
 
-LossResult rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& behavior_logprobs,
+// Entry points, defined by qualified name: a signature that drifts from rapid_ops.h is a compile error.
+
+LossResult cuda::rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& behavior_logprobs,
                           const at::Tensor& rewards, const at::Tensor& cu_seqlens, const LossOptions& opt) {
   const c10::cuda::CUDAGuard guard(token_logprobs.device());
   const int64_t n = token_logprobs.size(0), num_seqs = rewards.size(0), k = opt.group_size;
@@ -105,9 +111,8 @@ LossResult rapid_loss_fwd(const at::Tensor& token_logprobs, const at::Tensor& be
       group_loss.data_ptr<float>(), group_clipped.data_ptr<float>(), coef.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor loss = group_loss.sum();
-  at::Tensor clip_fraction = group_clipped.sum() / static_cast<float>(num_seqs);
+  at::Tensor clip_fraction = group_clipped.sum().div(static_cast<double>(num_seqs));
   return {loss, seq_logratio, weights, baselines, advantages, clip_fraction, coef};
 }
 
-}  // namespace cuda
 }  // namespace rapid

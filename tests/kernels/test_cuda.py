@@ -92,8 +92,9 @@ def test_opcheck_cuda():
     targets = torch.randint(0, 33, (9,), device=DEV)
     hidden = torch.randn(9, 8, device=DEV, requires_grad=True)
     weight = torch.randn(33, 8, device=DEV, requires_grad=True)
-    torch.library.opcheck(_cpp_ops.token_logprobs_fwd, (logits, targets, 0.8))
-    torch.library.opcheck(_cpp_ops.linear_token_logprobs_fwd, (hidden, weight, targets, None, 1.0, 16))
+    torch.library.opcheck(_cpp_ops.token_logprobs_fwd, (logits, targets, 0.8, 3.0, None, True))
+    torch.library.opcheck(_cpp_ops.linear_token_logprobs_fwd, (hidden, weight, targets, None, 1.0, 16, 0.0,
+                                                               torch.full((9,), -1.0, device=DEV), False))
     lp, blp, rewards, cu = (t.to(DEV) for t in _loss_inputs())
     torch.library.opcheck(_cpp_ops.rapid_loss_fwd, (lp.requires_grad_(), blp, rewards, cu, 4, 2.0, "loo", 1.0,
                                                     "sequence", "truncate", "std"))

@@ -13,7 +13,8 @@ from .tolerances import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LIN = tb._ltlp
-SPLIT = LIN.TILES_PER_SPLIT * LIN.BLOCK_N          # vocab entries per forward program
+SPLIT = LIN.INTERPRET_SPLIT if LIN.INTERPRET else 4096   # vocab entries per forward program (interpreter)
+BLOCK_N = LIN.INTERPRET_META["BLOCK_N"]
 OP = "linear_token_logprobs"
 
 
@@ -50,7 +51,7 @@ def _check(hidden, weight, bias, targets, temperature, dtype, need=(True, True, 
 @pytest.mark.parametrize("n, d, vocab, bias, temperature", [
     (41, 32, 4231, True, 1.0),                 # odd shapes, the Qwen-like default
     (41, 64, SPLIT + 1, False, 0.7),           # one past a forward vocab split (and a BLOCK_N tile)
-    (65, 48, LIN.BLOCK_N + 1, True, 1.0),      # one past a row block and a vocab tile, D not a multiple of BLOCK_K
+    (65, 48, BLOCK_N + 1, True, 1.0),          # one past a row block and a vocab tile, D not a multiple of BLOCK_K
 ])
 def test_matches_reference(dtype, n, d, vocab, bias, temperature):
     hidden, weight, b, targets = _inputs(n, d, vocab, dtype, bias, seed=n + vocab)
@@ -59,7 +60,7 @@ def test_matches_reference(dtype, n, d, vocab, bias, temperature):
 
 def test_bf16():
     """bf16 hidden / weight / bias (the interpreter upcasts before tl.dot; CUDA uses bf16 tensor cores)."""
-    hidden, weight, b, targets = _inputs(41, 32, LIN.BLOCK_N + 1, torch.bfloat16, True, seed=14)
+    hidden, weight, b, targets = _inputs(41, 32, BLOCK_N + 1, torch.bfloat16, True, seed=14)
     _check(hidden, weight, b, targets, 1.0, torch.bfloat16)
 
 
@@ -76,13 +77,24 @@ def test_non_contiguous(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_backward_in_row_chunks(monkeypatch, dtype):
-    """A tiny d-logits budget forces ROW_ALIGN-row chunks (and, in 16 bit, fp32 d-weight slabs)."""
+def test_backward_in_vocab_chunks(monkeypatch, dtype):
+    """A tiny d-logits budget forces several backward vocab chunks (the last one short): each chunk's d W rows are
+    written once, d hidden accumulates over chunks in fp32."""
     monkeypatch.setattr(LIN, "DZ_BUDGET_BYTES", 1)
-    monkeypatch.setattr(LIN, "_DW_SLAB", 100)
-    n = LIN.ROW_ALIGN + 3
-    hidden, weight, b, targets = _inputs(n, 32, 257, dtype, True, seed=7)
+    monkeypatch.setattr(LIN, "MIN_CHUNK", 64)
+    assert LIN.dz_chunk(70, 257, 2) == 64
+    hidden, weight, b, targets = _inputs(70, 32, 257, dtype, True, seed=7)
     _check(hidden, weight, b, targets, 1.0, dtype)
+
+
+def test_split_count_fills_the_gpu():
+    """split_cols (the GPU rule; the interpreter uses a fixed split): a small N still launches ~a wave of programs
+    on 132 SMs, a large N few splits; splits are aligned and at least 4 tiles wide."""
+    for n, lo, hi in ((1, 110, 160), (256, 110, 320), (4096, 132, 600), (16384, 256, 600), (65536, 512, 600)):
+        cols = LIN.split_cols(n, 151_936, 132)
+        programs = -(-151_936 // cols) * -(-n // 128)
+        assert cols % LIN.SPLIT_ALIGN == 0 and cols >= 4 * LIN.SPLIT_ALIGN
+        assert lo <= programs <= hi, (n, cols, programs)
 
 
 def test_partial_gradients():
@@ -128,7 +140,7 @@ def test_gpu_qwen_shape_and_memory(dtype):
     torch.cuda.synchronize()
     grads_bytes = hidden.numel() * hidden.element_size() + weight.numel() * weight.element_size()
     bwd_extra = torch.cuda.max_memory_allocated() - base - grads_bytes
-    bound = LIN.DZ_BUDGET_BYTES + weight.numel() * 4 + 64 * 2**20     # d-logits chunk + fp32 d weight + slack
+    bound = LIN.DZ_BUDGET_BYTES + 2 * n * d * 4 + 64 * 2**20   # d-logits chunk + fp32 d hidden (+ temp) + slack
     assert bwd_extra < bound, f"backward used {bwd_extra / 2**20:.0f} MiB extra (bound {bound / 2**20:.0f})"
     assert bwd_extra < 0.25 * eager_logits_bytes
     h32 = hidden.detach().float().requires_grad_()
@@ -138,3 +150,18 @@ def test_gpu_qwen_shape_and_memory(dtype):
     assert_close(out, ref, OP, dtype, "out", "log-probs")
     assert_close(hidden.grad, h32.grad, OP, dtype, "grad", "d hidden")
     assert_close(weight.grad, w32.grad, OP, dtype, "grad", "d weight")
+
+
+def test_registered_ops_pass_opcheck():
+    """The Triton ops are torch.library ops (triton_op on GPU; custom_op + fake function under the interpreter):
+    schema, fake function and autograd registration all check out."""
+    torch.manual_seed(6)
+    hidden = torch.randn(9, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(33, 8, device=DEVICE, requires_grad=True)
+    bias = torch.randn(33, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, 33, (9,), device=DEVICE)
+    thr = torch.full((9,), -1.0, device=DEVICE)
+    torch.library.opcheck(LIN.linear_token_logprobs_fwd, (hidden, weight, targets, bias, thr, 0.9, 3.0, True))
+    torch.library.opcheck(LIN.linear_token_logprobs_fwd, (hidden, weight, targets, None, None, 1.0, 0.0, False))
+    logits = torch.randn(9, 33, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(tb._tlp.token_logprobs_fwd, (logits, targets, thr, 0.8, 2.0, True))

@@ -32,6 +32,10 @@ TOLERANCES: dict[tuple[str, torch.dtype], dict[str, Tol]] = {
     ("fused_rapid_loss", torch.bfloat16): {"out": Tol(5e-4, 1e-4), "grad": Tol(1e-5, 1.5e-2)},
 }
 
+# The entropy (a detached diagnostic, lse − E[z]) loses a few fp32 ulps of |z| to cancellation: its own bound.
+for _entry in TOLERANCES.values():
+    _entry["entropy"] = Tol(1e-4, 1e-5)
+
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, op: str, dtype: torch.dtype, kind: str = "out",
                  name: str = "") -> None:

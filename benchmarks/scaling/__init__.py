@@ -1,0 +1,1 @@
+"""Data-parallel scaling benchmarks (torchrun world sizes)."""
