@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 import threading
@@ -38,14 +37,8 @@ class MetricsSink:
 
 
 def make_profiler(device: torch.device, out_dir: Path | None, num_params: int) -> Profiler:
-    """The run's profiler; passes the optional arguments the installed Profiler accepts."""
-    accepted = inspect.signature(Profiler).parameters
-    kwargs = {}
-    if "output_dir" in accepted:
-        kwargs["output_dir"] = str(out_dir) if out_dir else None
-    if "num_params" in accepted:
-        kwargs["num_params"] = num_params
-    return Profiler(device, **kwargs)
+    """The run's profiler (writes profile.json and the timeline PNG under ``out_dir`` when given)."""
+    return Profiler(device, output_dir=str(out_dir) if out_dir else None, num_params=num_params)
 
 
 class _NoBar:
