@@ -8,8 +8,9 @@ rest. Run names take mode suffixes (worker.parse_run): ``rapid-h4-t2`` (sequenti
     python benchmarks/e2e/run_e2e.py --budget-samples 1024 --out runs/e2e-cpu
     # GPU: Qwen2.5-0.5B-shaped random model with vLLM (throughput only)
     python benchmarks/e2e/run_e2e.py --gpu --out runs/e2e-gpu
-    # issue 17, mid geometry (throughput only): overlap vs sequential vs TRL, both cores on every side
-    python benchmarks/e2e/run_e2e.py --model mid --runs rapid-h4-overlap-e1,rapid-h4-t2,trl-h4-t2 \
+    # issue 17, mid geometry (throughput only): overlap vs sequential vs TRL, both cores on every side. On a shared
+    # box set OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait on busy cores made 2-thread runs 5-10x slower
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/e2e/run_e2e.py --model mid --runs rapid-h4-overlap-e1,rapid-h4-t2,trl-h4-t2 \
         --prompts-per-step 4 --budget-samples 1280 --lr 1e-5 --seeds 0,1,2 --trl-python /work/trl-venv/bin/python
 
 Writes OUT/e2e.csv (one row per run), OUT/e2e.png (accuracy vs training wall-clock; wall-clock per phase) and
@@ -42,7 +43,8 @@ CSV_FIELDS = ("run", "seed", "algo", "h", "status", "overlap", "threads", "engin
               "optimizer_steps", "rollouts", "train_s", "samples_per_s", "train_wall_s", "steady_samples_per_s",
               "warmup_s", "gen_s", "update_actor_s", "gen_wait_s", "update_weights_s", "other_s", "overlap_frac_mean",
               "accuracy_init", "accuracy_final", "time_to_target_s", "ess_mean", "clip_frac_mean", "h_trace",
-              "warm_start", "loadavg_start", "loadavg_end", "device", "torch", "trl", "date", "git_rev")
+              "warm_start", "loadavg_start", "loadavg_end", "omp_wait_policy", "device", "torch", "trl", "date",
+              "git_rev")
 
 
 def git_rev() -> str:

@@ -190,6 +190,7 @@ def summarize(args, spec: dict, records: list[dict], samples_per_step: int, wall
         "clip_frac_mean": _mean([r.get("rapid/clip_frac") for r in steps]),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else device_name(torch.device("cpu")),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
     }
 

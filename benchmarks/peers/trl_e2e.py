@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward_mean": sum(rewards) / len(rewards) if rewards else None,
         "wall_with_eval_s": wall, "setup_s": setup_s, "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0],
         "device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "trl": trl.__version__, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
         "warm_start": getattr(model.config, "rapid_warm_start", args.model),

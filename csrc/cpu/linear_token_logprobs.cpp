@@ -1,8 +1,8 @@
 // linear_token_logprobs on CPU: log softmax_K(process(hidden @ weightᵀ + bias))[targets], vocab-chunked.
 //
 // GEMMs: bf16 inputs run bf16 GEMMs (oneDNN through at::mm; fp32 accumulate, the tile rounded to bf16 like the
-// eager bf16 logits) — ~2x the sgemm rate on AVX512-BF16 parts; fp32 inputs run sgemm; fp16 is upcast to fp32
-// (no fast fp16 GEMM on these CPUs). Every GEMM is single-threaded and sized by us; parallelism is ours, one parallel
+// eager bf16 logits) — ~2x the sgemm rate on AVX512-BF16 parts (RAPID_CPU_GEMM=fp32 opts out); fp32 inputs run
+// sgemm; fp16 is upcast to fp32 (no fast fp16 GEMM on these CPUs). Every GEMM is single-threaded and sized by us; parallelism is ours, one parallel
 // region per phase (many small multithreaded GEMMs each end in an OpenMP barrier, which on a loaded machine cost more
 // than the GEMMs: measured 4.6x the CPU time with 2 threads).
 //   forward:  tasks = (row block, group of vocab chunks), >= kMinTasks of them whatever N; each walks its chunks
@@ -21,6 +21,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../rapid_ops.h"
@@ -53,13 +54,24 @@ int64_t row_block(int64_t n, int64_t chunk) {
   return std::max<int64_t>(1, std::min({n, by_budget, by_balance}));
 }
 
+// RAPID_CPU_GEMM=fp32 (read once) runs bf16 inputs through fp32 GEMMs instead: logits exact to fp32 (no bf16
+// rounding of the tile), at about half the speed on AVX512-BF16 parts.
+bool bf16_gemms_allowed() {
+  static const bool value = [] {
+    const char* env = std::getenv("RAPID_CPU_GEMM");
+    return env == nullptr || std::string(env) != "fp32";
+  }();
+  return value;
+}
+
 // The GEMM side of the op: hidden and weight in the dtype the GEMMs run in.
 struct Gemm {
   bool bf16;
   at::Tensor h;        // [N, D] bf16, or fp32
   at::Tensor weight;   // [V, D] as given
 
-  Gemm(const at::Tensor& hidden, const at::Tensor& w) : bf16(hidden.scalar_type() == at::kBFloat16), weight(w) {
+  Gemm(const at::Tensor& hidden, const at::Tensor& w)
+      : bf16(hidden.scalar_type() == at::kBFloat16 && bf16_gemms_allowed()), weight(w) {
     h = bf16 || hidden.scalar_type() == at::kFloat ? hidden : hidden.to(at::kFloat);
   }
   // W rows [c0, c0 + cols) in the GEMM dtype (an fp32 copy for fp16).

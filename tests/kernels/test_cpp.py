@@ -345,3 +345,27 @@ def test_auto_picks_cpp_on_cpu():
     impl = rk.resolve_backend("auto", "linear_token_logprobs", torch.zeros(1))
     import rapid_kernels.cpp_backend as cpp_backend
     assert impl is cpp_backend.linear_token_logprobs
+
+
+def test_bf16_opt_out_of_bf16_gemms():
+    """RAPID_CPU_GEMM=fp32 (read once per process, hence the child) computes bf16 inputs with fp32 GEMMs: the
+    log-probs then match float64 on the same rounded inputs to fp32 accuracy, not bf16-logit accuracy."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, rapid_kernels as rk\n"
+        "from rapid_kernels import reference as ref\n"
+        "torch.manual_seed(0)\n"
+        "h = torch.randn(41, 48).bfloat16(); w = (torch.randn(4231, 48) / 48**0.5 * 3).bfloat16()\n"
+        "t = torch.randint(0, 4231, (41,))\n"
+        "out = rk.linear_token_logprobs(h, w, t, 0.8, backend='cpp')\n"
+        "print((out.double() - ref.linear_token_logprobs(h.double(), w.double(), t, 0.8)).abs().max().item())\n")
+    errs = {}
+    for mode in ("fp32", "default"):
+        env = dict(os.environ, RAPID_CPU_GEMM=mode, OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        errs[mode] = float(proc.stdout.strip().splitlines()[-1])
+    assert errs["fp32"] < 1e-4 < errs["default"]

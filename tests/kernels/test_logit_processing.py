@@ -15,7 +15,10 @@ from rapid_kernels import reference as ref
 from .tolerances import assert_close
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in rk.available_backends(DEV) if b != "cuda" or DEV == "cuda"]
+# On a GPU machine the Triton and CUDA cases belong to the GPU tier (run_all.sh runs `-m gpu`); on CPU the Triton
+# interpreter and the C++ backend run in the CPU tier.
+BACKENDS = [pytest.param(b, id=b, marks=[pytest.mark.gpu] if DEV == "cuda" and b in ("triton", "cuda") else [])
+            for b in rk.available_backends(DEV)]
 CASES = {  # name: (temperature, softcap, with threshold)
     "softcap": (1.0, 4.0, False),
     "threshold": (0.7, None, True),
