@@ -66,6 +66,12 @@ def test_sampler_is_batch_invariant_and_step_dependent():
     assert len(set(seeds.tolist())) == 12                                        # every completion its own stream
 
 
+def test_vocabulary_chunking_does_not_change_the_draw():
+    z = torch.randn(6, 1000, generator=torch.Generator().manual_seed(4))
+    seeds = smp.row_seeds(2, [0, 1, 2], 2)
+    assert torch.equal(smp.sample(z, seeds, 7, chunk=1000), smp.sample(z, seeds, 7, chunk=97))
+
+
 def test_noise_is_uniform():
     u = smp.uniform_noise(smp.row_seeds(0, list(range(100)), 1), 0, 1000)       # 100k draws
     assert 0 < u.min() and u.max() < 1

@@ -234,6 +234,9 @@ class VLLMEngine:
         self._check_open()
         if not self.on_cuda or self._weights_awake:
             return
+        # the update's freed blocks stay reserved by PyTorch's caching allocator; vLLM's wake needs them back
+        # (verl empties the cache around its colocated rollout for the same reason)
+        torch.cuda.empty_cache()
         with self._timed("timing_s/wake"):
             self.llm.wake_up(tags=["weights"])
         self._weights_awake = True
