@@ -14,6 +14,9 @@ parameters, ``torch.autocast("cpu", bfloat16)``, sdpa attention, one packed sequ
    ``clear_refs``, glibc returning freed blocks at once, as the kernel harness does), with and without gradient
    checkpointing, same slopes. It adds the backward's transient gradients, which the formula only estimates.
    CPU kernels (oneDNN, sdpa's CPU flash kernel) are not CUDA's: the peak is indicative, the saved bytes are exact.
+   With gradient checkpointing the peak sits at the end of the forward (autocast's cache still holds every layer's
+   bf16 weights) until T is large enough for the backward's recompute to dominate: use long sequences there
+   (e.g. ``--peak-models 0.5b --peak-layers 2,4 --peak-tokens 2048,4096 --peak-ckpt on``).
 """
 
 from __future__ import annotations
@@ -74,12 +77,13 @@ def saved_bytes(s: ModelShape, layers: int, tokens: int) -> int:
     return sum(storages.values())
 
 
-def slopes(measure, t1: int, t2: int) -> dict:
-    """Per-layer-per-token, outside-per-token and constant parts from measure(layers, tokens) at L = 1, 2."""
-    m = {(n, t): measure(n, t) for n in (1, 2) for t in (t1, t2)}
-    per_layer = ((m[2, t2] - m[1, t2]) - (m[2, t1] - m[1, t1])) / (t2 - t1)
-    outside = (m[1, t2] - m[1, t1]) / (t2 - t1) - per_layer
-    constant = m[1, t1] - t1 * (per_layer + outside)
+def slopes(measure, t1: int, t2: int, l1: int = 1, l2: int = 2) -> dict:
+    """Per-layer-per-token, outside-per-token and per-layer-constant parts from measure(layers, tokens) at two
+    depths and two lengths (bytes = constant·L + (per_layer·L + outside)·T + rest)."""
+    m = {(n, t): measure(n, t) for n in (l1, l2) for t in (t1, t2)}
+    per_layer = ((m[l2, t2] - m[l1, t2]) - (m[l2, t1] - m[l1, t1])) / ((t2 - t1) * (l2 - l1))
+    outside = (m[l1, t2] - m[l1, t1]) / (t2 - t1) - l1 * per_layer
+    constant = (m[l2, t1] - m[l1, t1]) / (l2 - l1) - t1 * per_layer
     return dict(per_layer_per_token=per_layer, outside_per_token=outside, constant=constant, raw={
         f"L{n}_T{t}": v for (n, t), v in m.items()})
 
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", default="64,128", help="T1,T2 for the saved-bytes slopes")
     ap.add_argument("--peak-tokens", default="256,512", help="T1,T2 for the peak slopes")
     ap.add_argument("--peak-models", default="1.5b")
+    ap.add_argument("--peak-layers", default="1,2", help="two depths for the peak slopes")
+    ap.add_argument("--peak-ckpt", default="off,on", help="gradient checkpointing settings for the peak")
     ap.add_argument("--no-peak", action="store_true")
     args = ap.parse_args(argv)
     if args.child:
@@ -137,25 +143,28 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {"bench": "activations_cpu", "torch": torch.__version__, "models": {}}
     for name in args.models.split(","):
         s = plan.MODELS[name]
-        got = slopes(lambda n, t: saved_bytes(s, n, t), t1, t2)
+        got = slopes(lambda n, t, s=s: saved_bytes(s, n, t), t1, t2)
         want = dict(per_layer_per_token=plan.layer_activation_bytes(s),
                     outside_per_token=plan.outside_activation_bytes(s) - (2 * s.hidden + 12),   # no lm_head here
                     constant_bf16_weights=2 * plan.linear_weight_count(s) // s.layers)
-        print(f"{s.name} saved for backward (bf16 autocast, sdpa): per layer per token {got['per_layer_per_token']:,.0f} B "
+        print(f"{s.name} saved for backward (bf16 autocast, sdpa): per layer per token "
+              f"{got['per_layer_per_token']:,.0f} B "
               f"(formula {want['per_layer_per_token']:,}), outside per token {got['outside_per_token']:,.0f} B "
-              f"(formula {want['outside_per_token']:,}), 1-layer constant {got['constant']:,.0f} B "
+              f"(formula {want['outside_per_token']:,}), per-layer constant {got['constant']:,.0f} B "
               f"(bf16 weight copies {want['constant_bf16_weights']:,})")
         entry = {"saved": got, "formula": want}
         if name in args.peak_models.split(",") and not args.no_peak:
             p1, p2 = (int(t) for t in args.peak_tokens.split(","))
-            for ckpt in (False, True):
-                pk = slopes(lambda n, t: peak_bytes(name, n, t, ckpt), p1, p2)
+            d1, d2 = (int(n) for n in args.peak_layers.split(","))
+            for ckpt in (m == "on" for m in args.peak_ckpt.split(",")):
+                pk = slopes(lambda n, t, name=name, ckpt=ckpt: peak_bytes(name, n, t, ckpt), p1, p2, d1, d2)
                 key = "peak_ckpt" if ckpt else "peak_no_ckpt"
                 entry[key] = pk
                 layer_formula = 4 * s.hidden if ckpt else plan.layer_activation_bytes(s)
-                print(f"  fwd+bwd peak growth, gradient checkpointing {'on' if ckpt else 'off'}: per layer per token "
-                      f"{pk['per_layer_per_token']:,.0f} B (formula {layer_formula:,}), outside per token "
-                      f"{pk['outside_per_token']:,.0f} B")
+                print(f"  fwd+bwd peak growth, gradient checkpointing {'on' if ckpt else 'off'}, L = {d1}, {d2}, "
+                      f"T = {p1}, {p2}: per layer per token {pk['per_layer_per_token']:,.0f} B (formula "
+                      f"{layer_formula:,}), outside per token {pk['outside_per_token']:,.0f} B, per layer "
+                      f"{pk['constant'] / 2**20:,.1f} MiB")
         result["models"][s.name] = entry
     print(json.dumps(result))
 

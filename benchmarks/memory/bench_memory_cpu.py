@@ -16,8 +16,9 @@ another, so the resident-set high-water mark (which counts every byte: torch CPU
 objects) is that configuration's peak: ``ru_maxrss`` up to the call of ``rapid.train``, then ``VmHWM`` per phase
 (generation = ``collect_rollout``, ``recompute_behavior``, ``update``, and the gaps between them; the mark is reset
 at every boundary, so the maximum over the phases is the call's peak). The child also records the resident set just
-before ``rapid.train`` (model, tokenizer, imports), so increment = peak - before is what the rollout added. tracemalloc is not used: it does not see torch's CPU tensor storage, which is where the memory goes; the
-Python-side rollout (token-id lists) is a few MB.
+before ``rapid.train`` (model, tokenizer, imports), so increment = peak - before is what the rollout added.
+tracemalloc is not used: it does not see torch's CPU tensor storage, which is where the memory goes; the Python-side
+rollout (token-id lists) is a few MB.
 
 ``--malloc fixed`` (default) runs the children with ``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0``, as
 the kernel harness does: every block >= 64 KiB is its own mapping and goes back to the OS when freed, so the
@@ -47,12 +48,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 MODEL = dict(num_layers=4, hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=1024)
 COLUMNS = ["timestamp", "git_rev", "device_name", "torch", "transformers", "threads", "malloc", "budgets",
            "prompts_per_rollout", "sequences", "group_size", "prompts_per_step", "max_new_tokens", "max_num_seqs",
            "micro_batch_tokens", "vocab", "params", "rss_before_train_mb", "peak_rss_mb", "increment_mb",
-           "setup_peak_mb", "gen_peak_mb", "recompute_peak_mb", "update_peak_mb", "other_peak_mb", "gen_s", "recompute_s", "update_s", "train_wall_s", "split_groups", "load1_start",
+           "setup_peak_mb", "gen_peak_mb", "recompute_peak_mb", "update_peak_mb", "other_peak_mb", "gen_s",
+           "recompute_s", "update_s", "train_wall_s", "split_groups", "load1_start",
            "load1_end"]
 RESULT_TAG = "MEMORY_RESULT "
 PHASE_COLUMNS = ("gen_peak_mb", "recompute_peak_mb", "update_peak_mb")
@@ -118,7 +121,8 @@ class PhasePeaks:
     them: the high-water mark is reset at every boundary, so the intervals tile the call and their maximum is the
     call's peak (what ``ru_maxrss`` reports without the resets, which make ``ru_maxrss`` itself unusable)."""
 
-    PHASES = {"collect_rollout": "gen", "recompute_behavior": "recompute", "update": "update"}
+    PHASES: ClassVar[dict[str, str]] = {"collect_rollout": "gen", "recompute_behavior": "recompute",
+                                        "update": "update"}
 
     def __init__(self) -> None:
         self.peaks: dict[str, float] = {}

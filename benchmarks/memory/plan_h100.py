@@ -32,7 +32,10 @@ V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights
 - gradient checkpointing (HF ``gradient_checkpointing_enable``, one checkpoint per decoder layer): the layer inputs
   stay (fp32, 4h per layer per token) and one layer's activations are recomputed at a time: L·4h + A_layer.
 - backward working set (ESTIMATE, not derived exactly): the fp32 residual gradient (2 × 4h) and the MLP's bf16
-  intermediate gradients (4 × 2i) per token, once: 8h + 8i.
+  intermediate gradients (4 × 2i) per token, once: 8h + 8i. A margin: on CPU (activations_cpu) the peak exceeded
+  the saved bytes by ~0 without checkpointing and by ~15 KB/token (0.5B shape; 8h + 8i = 46 KB) with it.
+- with checkpointing the bf16 copies are an upper bound: autocast's cache is dropped when the forward's autocast
+  region ends, so during the backward only the lm_head's and one layer's copies are alive (1.5B: 2.4 GiB less).
 - fused lm_head (rapid_kernels, no [N, V] logits): its backward returns d W in bf16 (2·V·h), which autograd
   converts to fp32 (4·V·h) for the fp32 master gradient: 6·V·h at once; plus a d-logits chunk (Triton:
   ``DZ_BUDGET_BYTES``, read from the kernel module; CUDA backend: a 256 MiB fp32 tile + its 128 MiB bf16 d z; the
@@ -41,7 +44,8 @@ V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights
 - vLLM (colocated, ``enable_sleep_mode=True``): awake it holds ``gpu_memory_utilization`` × GPU memory (weights bf16
   2P, activations / CUDA graphs, the rest KV cache at 2·L·kv·2 bytes per token); asleep at level 2 the weights and
   KV cache are freed and only what its sleep allocator does not own stays (CUDA graph pool, workspaces: assumed).
-Training runs while vLLM sleeps; generation runs while the trainer holds master + Adam (gradients were freed).
+  Training runs while vLLM sleeps; generation runs while the trainer holds master + Adam (gradients were freed) —
+  provided the trainer's cached-but-free blocks go back to the driver first (``torch.cuda.empty_cache()``).
 - HF engine instead of vLLM (the GPU box without vLLM): generation under autocast keeps the bf16 weight copies (2P),
   and per sequence its KV cache (prompt + completion tokens × 2·L·kv·2 bytes), the per-step (B, V) temporaries of
   rapid's sampler — 28 bytes per (row × vocab) element measured by ``benchmarks.memory.sampler_cpu`` — plus the
