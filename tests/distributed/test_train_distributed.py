@@ -95,6 +95,8 @@ def test_two_ranks_equal_one_process(single, tmp_path, parallel):
         assert torch.equal(weights_a[name], weights_b[name]), name
         assert (weights_a[name] - weights1[name]).abs().max() <= 2 * BASE["lr"], name
     assert [h["reward/mean"] for h in history_a] == pytest.approx([h["reward/mean"] for h in history1])
+    # on-policy at world size 2: before the first update the trainer's log π is the engine's log μ (w = 1)
+    assert history_a[0]["rapid/engine_logprob_diff"] < 1e-5
 
 
 def _train_saved(log_dir: str, out_dir: str, num_rollouts: int, resume: bool):

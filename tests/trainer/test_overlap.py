@@ -47,6 +47,7 @@ def test_overlap_generates_from_the_previous_weights_and_updates_identically(mon
     cfg = small_config(**OVERLAP)
     history = rapid.train(model, PROMPTS, digits_reward, cfg, tokenizer=tok).history
     assert [h["rapid/staleness"] for h in history] == [0.5, 2.5, 2.5]          # H = 2: one rollout staler
+    assert history[0]["rapid/engine_logprob_diff"] < 1e-5      # the engine process samples the trainer's π: w = 1
     assert all(h["perf/overlap_frac"] > 0 for h in history[:-1])
 
     # rollout 2 was sampled from exactly the weights before rollout 1's update (version check, by the tokens)
