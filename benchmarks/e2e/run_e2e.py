@@ -10,8 +10,9 @@ rest. Run names take mode suffixes (worker.parse_run): ``rapid-h4-t2`` (sequenti
     python benchmarks/e2e/run_e2e.py --gpu --out runs/e2e-gpu
     # issue 17, mid geometry (throughput only): overlap vs sequential vs TRL, both cores on every side. On a shared
     # box set OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait on busy cores made 2-thread runs 5-10x slower
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/e2e/run_e2e.py --model mid --runs rapid-h4-overlap-e1,rapid-h4-t2,trl-h4-t2 \
-        --prompts-per-step 4 --budget-samples 1280 --lr 1e-5 --seeds 0,1,2 --trl-python /work/trl-venv/bin/python
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/e2e/run_e2e.py --model mid \
+        --runs rapid-h4-overlap-e1,rapid-h4-t2,rapid-h4-t1,trl-h4-t2,trl-h4-t1 --prompts-per-step 4 \
+        --budget-samples 768 --lr 1e-5 --seeds 0,1,2 --trl-python /work/trl-venv/bin/python
 
 Writes OUT/e2e.csv (one row per run), OUT/e2e.png (accuracy vs training wall-clock; wall-clock per phase) and
 prints one JSON line last. Times are training wall-clock (generation + rewards + updates + weight sync), eval
