@@ -10,8 +10,9 @@ rest. Run names take mode suffixes (worker.parse_run): ``rapid-h4-t2`` (sequenti
     python benchmarks/e2e/run_e2e.py --gpu --out runs/e2e-gpu
     # issue 17, mid geometry (throughput only): overlap vs sequential vs TRL, both cores on every side. On a shared
     # box set OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait on busy cores made 2-thread runs 5-10x slower
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/e2e/run_e2e.py --model mid --runs rapid-h4-overlap-e1,rapid-h4-t2,trl-h4-t2 \
-        --prompts-per-step 4 --budget-samples 1280 --lr 1e-5 --seeds 0,1,2 --trl-python /work/trl-venv/bin/python
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/e2e/run_e2e.py --model mid \
+        --runs rapid-h4-overlap-e1,rapid-h4-t2,rapid-h4-t1,trl-h4-t2,trl-h4-t1 --prompts-per-step 4 \
+        --budget-samples 768 --lr 1e-5 --seeds 0,1,2 --trl-python /work/trl-venv/bin/python
 
 Writes OUT/e2e.csv (one row per run), OUT/e2e.png (accuracy vs training wall-clock; wall-clock per phase) and
 prints one JSON line last. Times are training wall-clock (generation + rewards + updates + weight sync), eval
@@ -41,7 +42,8 @@ PASS = ("model", "engine", "budget_samples", "group_size", "prompts_per_step", "
         "threads", "eval_every_steps", "n_eval", "max_h", "grpo_h", "engine_threads")
 CSV_FIELDS = ("run", "seed", "algo", "h", "status", "overlap", "threads", "engine_threads", "samples",
               "optimizer_steps", "rollouts", "train_s", "samples_per_s", "train_wall_s", "steady_samples_per_s",
-              "warmup_s", "gen_s", "update_actor_s", "gen_wait_s", "update_weights_s", "other_s", "overlap_frac_mean",
+              "warmup_s", "gen_s", "gen_critical_s", "update_actor_s", "gen_wait_s", "update_weights_s", "other_s",
+              "overlap_frac_mean",
               "accuracy_init", "accuracy_final", "time_to_target_s", "ess_mean", "clip_frac_mean", "h_trace",
               "warm_start", "loadavg_start", "loadavg_end", "omp_wait_policy", "device", "torch", "trl", "date",
               "git_rev")
@@ -95,9 +97,11 @@ def to_row(r: dict, target: float | None, rev: str) -> dict:
     phases = r.get("phases_s", {})
     gen, upd = phases.get("timing_s/gen"), phases.get("timing_s/update_actor")
     step = phases.get("timing_s/step")
-    other = step - (gen or 0) - (upd or 0) if step is not None else None
+    # generation on the trainer's critical path: all of it when sequential, only the wait for it when overlapped
+    crit = phases.get("timing_s/gen_wait") if r.get("overlap") else gen
+    other = step - (crit or 0) - (upd or 0) if step is not None else r.get("train_wall_s")   # TRL: not split
     row = {k: r.get(k) for k in CSV_FIELDS}
-    row.update(gen_s=gen, update_actor_s=upd, other_s=other, git_rev=rev,
+    row.update(gen_s=gen, gen_critical_s=crit, update_actor_s=upd, other_s=other, git_rev=rev,
                gen_wait_s=phases.get("timing_s/gen_wait"), update_weights_s=phases.get("timing_s/update_weights"),
                h_trace=" ".join(map(str, r.get("h_trace", []))),
                time_to_target_s=time_to(r["curve"], target) if target is not None and r.get("curve") else None)
@@ -171,19 +175,30 @@ def plot(results: list[dict], rows: list[dict], target: float | None, path: Path
         a1.plot([statistics.fmean(c[j].get("wall_s", c[j]["train_s"]) for c in curves) for j in range(n)],
                 [statistics.fmean(c[j]["accuracy"] for c in curves) for j in range(n)],
                 color=colour, ls=ls, marker="o", ms=3, label=f"{run} (mean of {len(curves)})")
-    if target is not None:
-        a1.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:.3f}")
-    a1.set_xlabel("training wall-clock (s, billed from the timeline, eval excluded)")
-    a1.set_ylabel("held-out accuracy")
-    a1.legend(fontsize=8)
     names = list(dict.fromkeys(row["run"] for row in rows if row["status"] == "ok"))
+    if any(r.get("curve") for r in results):
+        if target is not None:
+            a1.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:.3f}")
+        a1.set_xlabel("training wall-clock (s, billed from the timeline, eval excluded)")
+        a1.set_ylabel("held-out accuracy")
+        a1.legend(fontsize=8)
+    else:                                       # throughput only: steady samples/s, median bar and each seed
+        per = [[row["steady_samples_per_s"] for row in rows if row["run"] == n and row["status"] == "ok"
+                and row.get("steady_samples_per_s")] for n in names]
+        a1.bar(names, [statistics.median(v) if v else 0.0 for v in per], color="tab:green", alpha=0.6)
+        for i, v in enumerate(per):
+            a1.plot([i] * len(v), v, "k.", ms=6)
+        a1.set_ylabel("samples/s, warm-up excluded (bar: median; dots: seeds)")
+        a1.tick_params(axis="x", rotation=45)
     bottom = [0.0] * len(names)
-    for key, colour in (("gen_s", "tab:blue"), ("update_actor_s", "tab:orange"), ("other_s", "tab:gray")):
-        vals = [statistics.fmean(row[key] or 0.0 for row in rows if row["run"] == n and row["status"] == "ok")
+    for key, colour, label in (("gen_critical_s", "tab:blue", "generation (overlap: the wait for it)"),
+                               ("update_actor_s", "tab:orange", "update"),
+                               ("other_s", "tab:gray", "other (TRL: all, not split)")):
+        vals = [statistics.fmean(row.get(key) or 0.0 for row in rows if row["run"] == n and row["status"] == "ok")
                 for n in names]
-        a2.bar(names, vals, bottom=bottom, color=colour, label=key[:-2])
+        a2.bar(names, vals, bottom=bottom, color=colour, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    a2.set_ylabel("wall-clock (s), same samples, seed mean")
+    a2.set_ylabel("trainer wall-clock (s), same samples, seed mean")
     a2.tick_params(axis="x", rotation=45)
     a2.legend(fontsize=8)
     fig.suptitle(title)

@@ -34,16 +34,14 @@ CSV_FIELDS = ("world_size", "repeat", "status", "rollouts_timed", "samples_timed
               "threads_per_rank", "device", "torch", "date", "git_rev", "command")
 
 
-def worker(args) -> int:
-    """One rank of one measurement (run by torchrun)."""
+def worker(args) -> None:
+    """One rank of one measurement (run by torchrun); exits the process when done."""
     import torch
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "benchmarks" / "e2e"))
     import rapid
-    from rapid.loggers import read_metrics
     from setups import mid_setup
-    from timeline import load_clock
 
     model, tok, task = mid_setup(0)            # identical weights on every rank
     load_start = os.getloadavg()[0]
@@ -52,8 +50,24 @@ def worker(args) -> int:
         prompts_per_rollout=args.prompts_per_rollout, num_rollouts=args.rollouts, max_new_tokens=task.max_new_tokens,
         lr=args.lr, engine="hf", seed=0, output_dir=args.out, progress_bar=False, extra={"benchmark": "scaling"})
     rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_result(args, load_start)
+    # Leave without tearing the model down: 1 run in 3 at world size 2 (2026-12-02), rank 1 deadlocked when the
+    # returned model's last reference to the DDP reducer died after train() had closed the process group —
+    # ~ProcessGroupGloo joined its worker thread while holding the GIL that thread needed to free a pending
+    # allgather's tensor (gdb stack in /work/notes/e2e.md; the upstream class of bug: pytorch/pytorch#56297).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def write_result(args, load_start: float) -> None:
+    """Rank 0: samples/s from the metrics and the profile timeline, into OUT/scaling_result.json."""
+    import torch
+
+    from rapid.loggers import read_metrics
+    from timeline import load_clock
+
     records = [r for r in read_metrics(args.out) if "rapid/steps" in r]
     clock = load_clock(Path(args.out))
     per_rollout = args.prompts_per_rollout * args.group_size
@@ -67,7 +81,6 @@ def worker(args) -> int:
               "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0], "torch": torch.__version__,
               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     Path(args.out, "scaling_result.json").write_text(json.dumps(result))
-    return 0
 
 
 def free_port() -> int:
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/scaling")
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args)
+        worker(args)
     sizes = [int(x) for x in args.sizes.split(",")]
     bad = [n for n in sizes if args.prompts_per_step % n]
     if bad:
