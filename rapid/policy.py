@@ -173,6 +173,17 @@ class Policy:
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
+    def release(self) -> None:
+        """Drop the data-parallel wrapper and the optimizer before the process group goes away: a DDP reducer that
+        outlives its gloo group joins the group's threads in its destructor while holding the GIL and can deadlock
+        (pytorch/pytorch#56297); the caller keeps the bare model."""
+        import gc
+
+        self.module = self.loss_module
+        self.params = []
+        self.optimizer = None
+        gc.collect()
+
     def state_dict(self) -> dict:
         """What a checkpoint needs beyond model and optimizer: the schedule and the loss scaler."""
         return {"scheduler": self.scheduler.state_dict(),

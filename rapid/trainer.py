@@ -164,6 +164,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     summary: list[str | None] = []                # the profiler's table, filled when it closes
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(quietly, dist.close, "closing the process group")
+        cleanup.callback(quietly, policy.release, "releasing the data-parallel wrapper")   # runs before dist.close
         workdir = out_dir / f"engine-rank{dist.rank}" if out_dir is not None and dist.active else out_dir
         if cfg.overlap:
             engine = start_engine_process(cfg, engine_model, tokenizer, workdir, policy.compute_dtype, device)
