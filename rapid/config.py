@@ -115,9 +115,11 @@ class RapidConfig:
     naming it after this long instead of hanging forever."""
     overlap: bool = False
     """Generate rollout r+1 while training on rollout r (DESIGN.md section 6): the engine runs in its own process
-    (CPU) with engine_threads cores and gets the weights once per rollout; rollout r+1's behaviour policy is the
-    weights before rollout r's update, corrected by the importance weights. Needs behaviour log-probs from the
-    engine (recompute would use the wrong weights). Not on a single GPU (sleep/wake colocation cannot overlap)."""
+    and gets the weights once per rollout — on CPU with engine_threads cores (shared memory), on CUDA on a GPU of
+    its own (the trainer's GPU index + trainer processes per node; NCCL broadcast). Rollout r+1's behaviour policy
+    is the weights before rollout r's update, corrected by the importance weights. Needs behaviour log-probs from
+    the engine (recompute would use the wrong weights). Refused with one GPU per trainer (sleep/wake colocation
+    cannot overlap)."""
     engine_threads: int | None = None
     """Cores for the engine process with overlap=True (None: half of this process's cores); the trainer keeps the
     rest."""

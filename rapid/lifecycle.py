@@ -4,6 +4,7 @@ directory, the engine process for overlap, the final model, clean-up that never 
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 from pathlib import Path
@@ -18,16 +19,42 @@ logger = logging.getLogger(__name__)
 log = main_logger(__name__)
 
 
-NO_SIGNAL_WARN_AFTER = 3
+class SignalWatch:
+    """Warns when rollouts carry no learning signal (every group's samples got one reward, so every advantage is 0).
 
+    Never any signal since the start (a reward that never fires, a model that never succeeds): loudly after
+    ``WARN_AFTER`` rollouts, again every 10. After the run has learnt from some rollouts, a stretch without signal is
+    mostly a solved or saturated batch — normal for small rollouts (the demo's GRPG scores 2 groups per call) — so
+    it is warned once per stretch only when it spans ``STALL_GROUPS`` groups.
+    """
 
-def warn_no_signal(log, rollouts: int, reward_mean: float) -> None:
-    log.warning(
-        "NO LEARNING SIGNAL: in each of the last %d rollouts every group's samples got the same reward "
-        "(reward/mean %.3f), so every advantage is zero and the model does not change. Check the reward function "
-        "on a few completions (log_completions=8 writes them to completions.jsonl), raise temperature or "
-        "group_size, or start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
-        rollouts, reward_mean)
+    WARN_AFTER = 3
+    STALL_GROUPS = 256
+
+    def __init__(self, log, history: list[dict]) -> None:
+        self.log = log
+        self.seen = any(h.get("reward/std", 0) > 0 for h in history)      # resume: what the run saw before
+        self.rollouts = self.groups = 0
+
+    def update(self, no_signal: bool, groups: int, reward_mean: float) -> None:
+        if not no_signal:
+            self.seen, self.rollouts, self.groups = True, 0, 0
+            return
+        self.rollouts += 1
+        self.groups += groups
+        if not self.seen:
+            if self.rollouts == self.WARN_AFTER or self.rollouts % 10 == 0:
+                self._warn("in each of the first", reward_mean)
+        elif self.groups >= self.STALL_GROUPS and self.groups - groups < self.STALL_GROUPS:
+            self._warn("after earlier rollouts had signal, in each of the last", reward_mean)
+
+    def _warn(self, where: str, reward_mean: float) -> None:
+        self.log.warning(
+            "NO LEARNING SIGNAL: %s %d rollouts (%d groups) every group's samples got the same reward (reward/mean "
+            "%.3f), so every advantage is zero and the model does not change. Check the reward function on a few "
+            "completions (log_completions=8 writes them to completions.jsonl), raise temperature or group_size, or "
+            "start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
+            where, self.rollouts, self.groups, reward_mean)
 
 
 def check_resume_config(cfg: RapidConfig, last: Path) -> None:
@@ -69,20 +96,38 @@ def save_final_model(policy, tokenizer, out_dir: Path) -> None:
 
 
 def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, device):
-    """overlap=True: the engine in its own process with ``engine_threads`` cores; the trainer keeps the rest."""
+    """overlap=True: the engine in its own process. CPU: with ``engine_threads`` cores, the trainer keeps the rest.
+    CUDA: on a GPU of its own — the trainer's GPU index + the number of trainer processes on this node (one
+    engine per rank; a single process trains on GPU i and generates on GPU i + 1) — weights broadcast over NCCL."""
     from .engines import resolve_engine_name
     from .engines.remote import ProcessEngine, available_cpus
 
-    if device.type == "cuda":
-        raise ValueError("overlap=True runs the engine in its own process on CPU cores; on CUDA it needs a second "
-                         "GPU and the NCCL weight broadcast, which this version does not have — with one GPU, "
-                         "sleep/wake colocation cannot overlap. Set overlap=False.")
+    kind = resolve_engine_name(cfg.engine, device)
     cores = available_cpus()
     threads = cfg.engine_threads or max(1, cores // 2)
+    if device.type == "cuda":
+        engine_device = engine_gpu(device)
+        log.info("overlap: trainer on %s, engine (%s) on cuda:%d, weights broadcast over NCCL", device, kind,
+                 engine_device.index)
+        return ProcessEngine(model, tokenizer, cfg, kind=kind, threads=threads, workdir=workdir, dtype=dtype,
+                             device=engine_device)
     torch.set_num_threads(max(1, cores - threads))
     log.info("overlap: engine process with %d thread(s), trainer with %d", threads, torch.get_num_threads())
-    return ProcessEngine(model, tokenizer, cfg, kind=resolve_engine_name(cfg.engine, device), threads=threads,
-                         workdir=workdir, dtype=dtype)
+    return ProcessEngine(model, tokenizer, cfg, kind=kind, threads=threads, workdir=workdir, dtype=dtype)
+
+
+def engine_gpu(device: torch.device) -> torch.device:
+    """The GPU an overlapped engine gets: the trainer's index + LOCAL_WORLD_SIZE (1 without torchrun); refused
+    when the node has too few GPUs — with one GPU per trainer, sleep/wake colocation cannot overlap."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    index = device.index if device.index is not None else (torch.cuda.current_device() if count else 0)
+    if index + local >= count:
+        raise ValueError(f"overlap=True on CUDA puts each engine on a GPU of its own (GPU {index} trains, GPU "
+                         f"{index + local} would generate), but this node has {count} GPU(s) for {local} trainer "
+                         f"process(es); with one GPU per trainer, sleep/wake colocation cannot overlap. Set "
+                         "overlap=False, or give the node 2 GPUs per trainer process.")
+    return torch.device("cuda", index + local)
 
 
 def holds_a_run(out_dir: Path) -> bool:

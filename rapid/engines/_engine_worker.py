@@ -14,10 +14,12 @@ Protocol (parent → child, one reply each except ``fault``):
     ("fault", kind)                   → nothing; arms a test fault for the next generate ("exit" | "raise")
     ("close",)                        → the child closes its engine and exits 0
 
-The child's model is built from the trainer model's config in the engine dtype; each of its parameters is a view
-of one shared-memory buffer (``SharedBuffer``, created by the parent) that the parent writes
+The child's model is built from the trainer model's config in the engine dtype. On CPU with shared memory each of
+its parameters is a view of one buffer (``SharedBuffer``, created by the parent) that the parent writes
 (``ProcessEngine.sync_weights``), so for HF a weight update costs the parent's one copy and nothing here; vLLM
-copies the views into its own parameters on ``load``.
+copies the views into its own parameters on ``load``. On a GPU (its own: ``CUDA_VISIBLE_DEVICES`` names it alone)
+the parameters live on ``cuda:0`` and ``load`` fills them from the views or, with ``transport="broadcast"``, from
+the weight group (``_weight_channel``: joined right after ``init``, version 0 received before ``ready``).
 
 The child exits by itself when the parent dies: EOF on the channel, or (when a fork of the parent still holds the
 channel open, or the child is busy generating) a watcher thread that sees its parent pid change. SIGINT is ignored:
@@ -43,6 +45,7 @@ from multiprocessing.connection import Connection
 logger = logging.getLogger("rapid.engines.worker")
 
 PARENT_POLL_S = 0.5
+DEDICATED_GPU_UTILIZATION = 0.85    # vLLM's share when the engine has a GPU of its own (the default 0.35 colocates)
 
 
 def send(conn: Connection, message: object) -> None:
@@ -112,32 +115,51 @@ class _Worker:
         from . import make_engine
 
         torch.set_num_threads(init["threads"])
-        dtype = getattr(torch, init["dtype"])
+        self.dtype = dtype = getattr(torch, init["dtype"])
+        self.device = device = torch.device(init["device"])
+        self.layout = init["layout"]
         start = time.perf_counter()
-        flat = torch.from_file(init["shm_path"], shared=True, size=init["numel"], dtype=dtype)     # (numel,)
+        self.channel = None
+        if init["channel"] is not None:          # joined first: the parent blocks in the join until we do
+            from ._weight_channel import WeightChannel
+
+            spec = init["channel"]
+            self.channel = WeightChannel(spec["host"], spec["port"], 1, spec["device"], spec["timeout_s"])
+            self.channel.join()
         model = AutoModelForCausalLM.from_config(init["model_config"], dtype=dtype,
                                                  attn_implementation=init["attn_implementation"])
         if init["generation_config"] is not None:
             model.generation_config = init["generation_config"]
-        params = dict(model.named_parameters())             # tied weights appear once, as in hf_weights
-        layout = {name: (offset, tuple(shape)) for name, offset, shape in init["layout"]}
+        self.params = params = dict(model.named_parameters())   # tied weights appear once, as in hf_weights
+        layout = {name: (offset, tuple(shape)) for name, offset, shape in self.layout}
         missing, extra = sorted(set(params) - set(layout)), sorted(set(layout) - set(params))
         if missing or extra:
             raise ValueError(f"the engine model's parameters do not match the trainer's weights: missing "
                              f"{missing[:5]}, unexpected {extra[:5]}")
-        with torch.no_grad():
-            for name, (offset, shape) in layout.items():
-                param = params[name]
-                if tuple(param.shape) != shape:
-                    raise ValueError(f"{name}: engine shape {tuple(param.shape)} != trainer shape {shape}")
-                param.data = flat[offset:offset + math.prod(shape)].view(shape)     # the parent's writes are seen here
+        for name, (_, shape) in layout.items():
+            if tuple(params[name].shape) != shape:
+                raise ValueError(f"{name}: engine shape {tuple(params[name].shape)} != trainer shape {shape}")
+        # shared memory: a CPU engine's parameters *are* views of the buffer (the parent's writes are seen here); a
+        # GPU engine copies the views in on every load
+        self.views: dict[str, torch.Tensor] = {}
+        if init["shm_path"] is not None:
+            flat = torch.from_file(init["shm_path"], shared=True, size=init["numel"], dtype=dtype)  # (numel,)
+            self.views = {name: flat[off:off + math.prod(shape)].view(shape) for name, (off, shape) in layout.items()}
+        if device.type == "cpu" and self.views:
+            for name, view in self.views.items():
+                params[name].data = view
+        else:
+            model.to(device)
+            self._receive_weights()                       # version 0
         model.requires_grad_(False)
         model.eval()
-        self.model, self.flat = model, flat
+        self.model = model
         config = init["config"]
         changes = {"engine": init["kind"]}
         if any(f.name == "overlap" for f in dataclasses.fields(config)):
             changes["overlap"] = False          # this process *is* the overlapped engine: never nest another
+        if device.type == "cuda" and _is_default(config, "gpu_memory_utilization"):
+            changes["gpu_memory_utilization"] = DEDICATED_GPU_UTILIZATION    # the whole GPU is the engine's
         config = dataclasses.replace(config, **changes)
         self.engine = make_engine(config, model, init["tokenizer"], init["workdir"])
         self.version = init["version"]
@@ -156,7 +178,9 @@ class _Worker:
         try:
             if op == "load":
                 start = time.perf_counter()
-                self.engine.sync_weights(self.model)      # HF: the views already hold them; vLLM: load_weights
+                if self.channel is not None or self.device.type != "cpu":
+                    self._receive_weights()
+                self.engine.sync_weights(self.model)      # HF: the parameters hold them; vLLM: load_weights
                 self.version = message[1]
                 send(conn, ("loaded", self.version, time.perf_counter() - start))
             elif op == "generate":
@@ -166,6 +190,18 @@ class _Worker:
         except Exception:   # noqa: BLE001 - every failure goes back to the parent as text, the child keeps serving
             send(conn, ("error", handle, traceback.format_exc()))
         return True
+
+    def _receive_weights(self) -> None:
+        """Copy the parent's weights into the parameters: from the broadcast, or from the shared views."""
+        import torch
+
+        if self.channel is not None:
+            weights = self.channel.receive(self.layout, self.dtype, lambda: None)   # parent death: _watch_parent
+        else:
+            weights = self.views.items()
+        with torch.no_grad():
+            for name, tensor in weights:
+                self.params[name].copy_(tensor)
 
     def _generate(self, prompts, n, sampling):
         fault, self.fault = self.fault, None
@@ -183,6 +219,13 @@ class _Worker:
 
     def close(self) -> None:
         self.engine.close()
+        if self.channel is not None:
+            self.channel.close()
+
+
+def _is_default(config, name: str) -> bool:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    return name in fields and getattr(config, name) == fields[name].default
 
 
 def main(argv: list[str] | None = None) -> int:

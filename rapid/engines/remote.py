@@ -19,6 +19,10 @@ Design:
   it: one copy per rollout, cast to the engine dtype on the way (FSDP2 DTensors gathered one at a time with
   ``full_tensor``). The child's HF model parameters *are* views of that buffer; a vLLM child copies them into its
   engine (``load_weights``). The child acknowledges each version; every rollout reports the version it used.
+- Weights on CUDA (``transport="broadcast"``, the default when the engine has a GPU of its own): a two-member
+  process group of their own (``_weight_channel``: NCCL between the trainer's GPU and the engine's, gloo on CPU
+  where the tests run it), one broadcast per bucket of the HF-named weights in the engine dtype. The child's
+  ``CUDA_VISIBLE_DEVICES`` is the engine GPU alone, so its device is ``cuda:0``.
 - Failures: an exception in the child comes back as text and raises ``EngineError`` in ``result``; a dead child
   (crash, os._exit, OOM kill) is noticed within ``_POLL_S`` and raises ``EngineError`` with its exit status and
   the tail of its log (``engine_worker.log``).
@@ -36,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -47,6 +52,7 @@ import torch
 
 from .base import Rollout, SamplingConfig
 from ._engine_worker import SharedBuffer
+from ._weight_channel import WeightChannel
 from .vllm import EngineError, _base_model, hf_weights
 
 __all__ = ["ProcessEngine", "EngineError", "available_cpus"]
@@ -57,6 +63,7 @@ _POLL_S = 0.2            # how often a waiting parent checks that the child is a
 _ALIGN_BYTES = 64        # each weight starts on a cache line in the shared buffer
 _LOG_TAIL_LINES = 40
 _CLOSE_GRACE_S = 15.0       # vLLM's own shutdown takes ~3 s on the 2-core box
+DEFAULT_TRANSPORT = "shm"   # unless both ends are on CUDA; the tests switch it to run the broadcast path on gloo
 
 
 class ProcessEngine:
@@ -74,20 +81,34 @@ class ProcessEngine:
             removed by ``close``.
         dtype: the engine's weight dtype; None: the trainer model's parameter dtype.
         startup_timeout_s: how long to wait for the child to build its engine.
+        device: the engine's device, numbered as this process sees them: ``"cpu"`` or a CUDA device (the engine's
+            own GPU; the child sees only it).
+        transport: how weights reach the child: ``"shm"`` (shared host memory; zero-copy for a CPU engine) or
+            ``"broadcast"`` (a process group of their own: NCCL when the trainer and the engine are both on CUDA,
+            else gloo). None: broadcast when both are on CUDA, else ``DEFAULT_TRANSPORT``.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, config, *, kind: Literal["hf", "vllm"] = "hf",
                  threads: int | None = None, workdir: str | Path | None = None, dtype: torch.dtype | None = None,
-                 startup_timeout_s: float = 600.0) -> None:
+                 startup_timeout_s: float = 600.0, device: str | torch.device = "cpu",
+                 transport: Literal["shm", "broadcast"] | None = None) -> None:
         if kind not in ("hf", "vllm"):
             raise ValueError(f"kind must be 'hf' or 'vllm', got {kind!r}")
+        device = torch.device(device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or a CUDA device, got {device}")
+        source = next(model.parameters()).device
+        if transport is None:
+            transport = "broadcast" if device.type == source.type == "cuda" else DEFAULT_TRANSPORT
+        if transport not in ("shm", "broadcast"):
+            raise ValueError(f"transport must be 'shm', 'broadcast' or None, got {transport!r}")
         if threads is None:
             threads = max(1, available_cpus() // 2)
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if tokenizer is None:
             raise ValueError("tokenizer is required (the child tokenises prompts with the trainer's tokenizer)")
-        self.kind, self.threads = kind, threads
+        self.kind, self.threads, self.device, self.transport = kind, threads, device, transport
         self.dtype = dtype or next(model.parameters()).dtype
         self._version = 0
         self._next_handle = 0
@@ -104,17 +125,30 @@ class ProcessEngine:
         self.log_path = self.workdir / "engine_worker.log"
 
         layout, numel = _layout(model, self.dtype)
-        self._shm = SharedBuffer(numel, self.dtype)
-        flat = self._shm.tensor                                                   # (numel,)
-        self._views = {name: flat[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
-        try:
-            self._copy_weights(model)
-        except BaseException:
-            self._shm.close()
-            raise
+        self._layout = layout
+        self._shm: SharedBuffer | None = None
+        self._channel: WeightChannel | None = None
+        self._views: dict[str, torch.Tensor] = {}
+        if transport == "shm":
+            self._shm = SharedBuffer(numel, self.dtype)
+            flat = self._shm.tensor                                               # (numel,)
+            self._views = {name: flat[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
+            try:
+                self._copy_weights(model)
+            except BaseException:
+                self._shm.close()
+                raise
+            fds, channel = self._shm.fds, None
+        else:
+            both_cuda = device.type == source.type == "cuda"
+            self._channel = WeightChannel("127.0.0.1", 0, 0, source if both_cuda else "cpu", startup_timeout_s)
+            fds, channel = (), {"host": "127.0.0.1", "port": self._channel.port, "timeout_s": startup_timeout_s,
+                                "device": "cuda:0" if both_cuda else "cpu"}
 
         parent_sock, child_sock = socket.socketpair()
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if device.type == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
         package_root = str(Path(__file__).resolve().parents[2])       # the child imports this same rapid
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         argv = [sys.executable, "-m", "rapid.engines._engine_worker", "--fd", str(child_sock.fileno()),
@@ -122,27 +156,31 @@ class ProcessEngine:
         try:
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              pass_fds=(child_sock.fileno(), *self._shm.fds), env=env)
+                                              pass_fds=(child_sock.fileno(), *fds), env=env)
         except BaseException:
             parent_sock.close()
-            self._shm.close()
+            _release(self._shm, self._channel)
             raise
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._tmpdir,
-                                           self._pending)
+        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._channel,
+                                           self._tmpdir, self._pending)
 
         base = _base_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
                 "model_config": base.config, "generation_config": getattr(base, "generation_config", None),
                 "attn_implementation": _cpu_attention(base.config),
-                "dtype": str(self.dtype).removeprefix("torch."), "shm_path": self._shm.path, "numel": numel,
-                "layout": layout, "workdir": str(self.workdir) if workdir is not None else None,
-                "version": self._version}
+                "dtype": str(self.dtype).removeprefix("torch."), "numel": numel, "layout": layout,
+                "shm_path": self._shm.path if self._shm is not None else None, "channel": channel,
+                "device": "cuda:0" if device.type == "cuda" else "cpu",
+                "workdir": str(self.workdir) if workdir is not None else None, "version": self._version}
         start = time.perf_counter()
         try:
             self._send(init)
+            if self._channel is not None:
+                self._join_channel(startup_timeout_s)
+                self._channel.send(_full_weights(model), layout, self.dtype, self._check_alive)   # version 0
             reply = self._recv(startup_timeout_s, "starting")
             if reply[0] != "ready":
                 raise self._fail(f"the engine process failed to start ({kind}):\n{reply[2]}")
@@ -154,10 +192,12 @@ class ProcessEngine:
         except BaseException:
             self.close()
             raise
-        self._shm.attached()
+        if self._shm is not None:
+            self._shm.attached()
         self.startup_s = time.perf_counter() - start
-        logger.info("%s engine process %d ready in %.1f s (%d threads, %s, %.1f MB of shared weights)", kind,
-                    self.pid, self.startup_s, threads, self.dtype, numel * self.dtype.itemsize / 2**20)
+        logger.info("%s engine process %d ready in %.1f s (%d threads, %s on %s, %.1f MB of weights by %s)", kind,
+                    self.pid, self.startup_s, threads, self.dtype, device, numel * self.dtype.itemsize / 2**20,
+                    transport if self._channel is None else f"{self._channel.backend} broadcast")
 
     # --- the async API ------------------------------------------------------------------------------------------
     def submit(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> int:
@@ -224,11 +264,22 @@ class ProcessEngine:
         start = time.perf_counter()
         # the child's HF parameters are views of the buffer: a half-written sync leaves a mix of two versions, so
         # submit refuses until a sync completes
-        self._torn = True
-        self._copy_weights(model)
-        self._torn = False
-        self._version += 1
-        self._send(("load", self._version))
+        version = self._version + 1
+        if self._channel is None:
+            self._torn = True
+            self._copy_weights(model)
+            self._torn = False
+            self._send(("load", version))
+        else:
+            # checked before the child is told to receive: once it waits for buckets, every one must come
+            if _layout(model, self.dtype)[0] != self._layout:
+                raise EngineError("the model's weights do not match the engine's (names or shapes): the model's "
+                                  "structure changed since the engine started")
+            self._torn = True
+            self._send(("load", version))
+            self._channel.send(_full_weights(model), self._layout, self.dtype, self._check_alive)
+            self._torn = False
+        self._version = version
         reply = self._recv(None, f"loading weights version {self._version}")
         if reply[0] != "loaded" or reply[1] != self._version:
             detail = reply[2] if reply[0] == "error" else repr(reply[:2])
@@ -240,13 +291,11 @@ class ProcessEngine:
     def _copy_weights(self, model: torch.nn.Module) -> None:
         seen = 0
         with torch.no_grad():
-            for name, tensor in hf_weights(model):
+            for name, tensor in _full_weights(model):
                 view = self._views.get(name)
                 if view is None:
                     raise EngineError(f"weight {name!r} is not in the engine's layout: the model's structure "
                                       "changed since the engine started")
-                if _is_dtensor(tensor):
-                    tensor = tensor.full_tensor()        # FSDP2 shard -> the whole weight, one at a time
                 if tuple(tensor.shape) != tuple(view.shape):
                     raise EngineError(f"weight {name!r} has shape {tuple(tensor.shape)}, the engine's is "
                                       f"{tuple(view.shape)}")
@@ -296,6 +345,31 @@ class ProcessEngine:
         self._send(("fault", kind))
 
     # --- channel ------------------------------------------------------------------------------------------------
+    def _join_channel(self, timeout_s: float) -> None:
+        """Join the weight group beside the child, watching that it lives (joining blocks until both have)."""
+        failure: list[BaseException] = []
+
+        def join() -> None:
+            try:
+                self._channel.join()
+            except BaseException as err:         # noqa: BLE001 - handed to the waiting thread
+                failure.append(err)
+
+        joiner = threading.Thread(target=join, name="rapid-weight-group-join", daemon=True)
+        joiner.start()
+        deadline = time.monotonic() + timeout_s
+        while joiner.is_alive():
+            joiner.join(_POLL_S)
+            self._check_alive("joining the weight group")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the engine process did not join the weight group within {timeout_s} s")
+        if failure:
+            raise self._fail(f"joining the weight group failed: {failure[0]}")
+
+    def _check_alive(self, doing: str = "receiving weights") -> None:
+        if self._proc.poll() is not None:
+            raise self._dead(doing)
+
     def _check_usable(self) -> None:
         if self._closed:
             raise EngineError("the process engine is closed")
@@ -347,6 +421,31 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def _full_weights(model: torch.nn.Module):
+    """``hf_weights`` with FSDP2 shards gathered into whole weights, one at a time (a collective: every rank)."""
+    for name, tensor in hf_weights(model):
+        yield name, tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
+def _physical_gpu(device: torch.device) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` entry of ``device`` (this process's numbering), for a child that sees only it."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return str(index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise ValueError(f"CUDA device {index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
+    return entries[index]
+
+
+def _release(shm: SharedBuffer | None, channel: WeightChannel | None) -> None:
+    if shm is not None:
+        shm.close()
+    if channel is not None:
+        channel.close()
+
+
 def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str, int, tuple[int, ...]]], int]:
     """(name, element offset, shape) of each HF-named weight in the shared buffer, and the buffer's length."""
     align = max(1, _ALIGN_BYTES // dtype.itemsize)
@@ -378,8 +477,8 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer, tmpdir: str | None,
-              pending: dict) -> None:
+def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer | None, channel: WeightChannel | None,
+              tmpdir: str | None, pending: dict) -> None:
     """Stop and reap the child, then free the channel, the shared buffer and the temporary directory.
 
     A weakref finalizer: runs on ``close()``, on garbage collection, or at interpreter exit, whichever is first.
@@ -402,6 +501,6 @@ def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer, tmpdi
                 proc.kill()
                 proc.wait()
     conn.close()
-    shm.close()
+    _release(shm, channel)
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)

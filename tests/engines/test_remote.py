@@ -228,6 +228,69 @@ def test_crash_gives_engine_error_within_seconds_and_close_reaps(trainer):
         eng.submit(PROMPTS, 1, SAMPLING)
 
 
+def test_broadcast_transport_gives_the_shared_memory_engines_rollouts(trainer):
+    """transport="broadcast" (NCCL between the trainer's GPU and the engine's; gloo here): the child receives the
+    exact weights, versions advance, and a model of another structure is refused before the child is told to
+    receive, leaving the engine usable."""
+    model, tok = trainer
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    with ProcessEngine(model, tok, config(), kind="hf", threads=1, transport="broadcast") as eng:
+        assert eng.transport == "broadcast" and eng._channel.backend == "gloo" and eng._shm is None
+        assert_same_rollout(eng.generate(PROMPTS, 2, SAMPLING), in_process(model, tok))
+        assert eng.sync_weights(changed) == 1 and eng.last_sync_s > 0
+        after = eng.generate(PROMPTS, 2, SAMPLING)
+        assert after.stats["weights_version"] == 1
+        assert_same_rollout(after, in_process(changed, tok))
+        other = build_tiny(num_layers=3, seed=0)[0]
+        with pytest.raises(EngineError, match="structure changed"):
+            eng.sync_weights(other)
+        assert eng.sync_weights(model) == 2
+        assert_same_rollout(eng.generate(PROMPTS, 2, SAMPLING), in_process(model, tok))
+        pid = eng.pid
+    assert wait_gone(pid)
+
+
+def test_weight_channel_splits_buckets_and_delivers_every_weight_bit_for_bit():
+    """Two ranks of a gloo weight group in two threads; buckets far smaller than the model, and one weight larger
+    than a bucket (a bucket of its own)."""
+    import threading
+
+    from rapid.engines._weight_channel import WeightChannel, buckets
+
+    weights = [("a", torch.randn(3, 5)), ("big", torch.randn(40, 10)), ("b", torch.randn(7)), ("c", torch.randn(2, 2))]
+    layout, offset = [], 0
+    for name, tensor in weights:
+        layout.append((name, offset, tuple(tensor.shape)))
+        offset += tensor.numel()
+    assert buckets(layout, 4, 100) == [[0], [1], [2, 3]]
+    sender = WeightChannel("127.0.0.1", 0, 0, "cpu", 30.0, bucket_bytes=100)
+    receiver = WeightChannel("127.0.0.1", sender.port, 1, "cpu", 30.0, bucket_bytes=100)
+    got, errors = {}, []
+
+    def receive():
+        try:
+            receiver.join()
+            for name, tensor in receiver.receive(layout, torch.float32, lambda: None):
+                got[name] = tensor.clone()
+        except BaseException as err:    # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    sender.join()
+    sender.send(iter(weights), layout, torch.float32, lambda: None)
+    thread.join(30)
+    assert not errors and list(got) == [name for name, _ in weights]
+    for name, tensor in weights:
+        assert torch.equal(got[name], tensor), name
+    with pytest.raises(ValueError, match="structure changed"):
+        sender.send(iter([("a", torch.randn(5, 3))]), layout, torch.float32, lambda: None)
+    sender.close()
+    receiver.close()
+
+
 USER_SCRIPT = """\
 # A user's script with no __main__ guard: a spawn-based child would run all of this again.
 import os, sys, time

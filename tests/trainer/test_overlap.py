@@ -80,6 +80,26 @@ def test_overlap_generates_from_the_previous_weights_and_updates_identically(mon
             assert torch.equal(ga[name], gb[name]), name
 
 
+def test_broadcast_weight_transport_trains_exactly_like_shared_memory(monkeypatch):
+    """The CUDA overlap path's weight transport (a process group of its own; gloo here, NCCL on GPUs) in the
+    whole loop: on-policy w = 1 and the same weights, bit for bit, as the shared-memory transport."""
+    from rapid.engines import remote
+
+    model, tok = build_tiny(seed=0)
+    shm = rapid.train(model, PROMPTS, digits_reward, small_config(**OVERLAP), tokenizer=tok)
+    monkeypatch.setattr(remote, "DEFAULT_TRANSPORT", "broadcast")
+    sends = []
+    original = remote.WeightChannel.send
+    monkeypatch.setattr(remote.WeightChannel, "send", lambda self, *a: sends.append(1) or original(self, *a))
+    model, tok = build_tiny(seed=0)
+    broadcast = rapid.train(model, PROMPTS, digits_reward, small_config(**OVERLAP), tokenizer=tok)
+    assert len(sends) == 1 + 3                                   # version 0, then one sync per rollout
+    assert broadcast.history[0]["rapid/engine_logprob_diff"] < 1e-5
+    assert [h["reward/mean"] for h in broadcast.history] == [h["reward/mean"] for h in shm.history]
+    for (name, a), b in zip(shm.model.state_dict().items(), broadcast.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def _engine_pids(monkeypatch):
     from rapid.engines import remote
 
@@ -151,3 +171,17 @@ def test_overlap_refusals():
     with pytest.raises(ValueError, match="overlap=True .* one GPU"):
         trainer.start_engine_process(small_config(overlap=True), None, None, None, torch.float32,
                                      torch.device("cuda"))
+
+
+def test_overlap_on_cuda_puts_each_engine_on_a_gpu_of_its_own(monkeypatch):
+    from rapid import lifecycle
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert lifecycle.engine_gpu(torch.device("cuda", 0)) == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                 # torchrun, 2 ranks: GPUs 0, 1 train; 2, 3 generate
+    assert [lifecycle.engine_gpu(torch.device("cuda", i)) for i in (0, 1)] == [torch.device("cuda", 2),
+                                                                              torch.device("cuda", 3)]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="4 GPU\\(s\\) for 4 trainer process"):
+        lifecycle.engine_gpu(torch.device("cuda", 0))
