@@ -40,8 +40,8 @@ from .config import RapidConfig
 from .distributed import check_parallel, init_distributed, main_logger
 from .engines import make_engine
 from .engines.hf import copy_weights
-from .lifecycle import (NO_SIGNAL_WARN_AFTER, check_resume_config, close_profiler, evaluated_at, holds_a_run, model_name,
-                        quietly, save_final_model, seed_everything, start_engine_process, warn_no_signal)
+from .lifecycle import (SignalWatch, check_resume_config, close_profiler, evaluated_at, holds_a_run, model_name,
+                        quietly, save_final_model, seed_everything, start_engine_process)
 from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
 from .model_args import check_output_dir, resolve_model_arg
@@ -175,7 +175,6 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         cleanup.callback(quietly, lambda: summary.append(close_profiler(profiler)), "writing the profile")
         controller = AdaptiveH(cfg) if cfg.adaptive_h else None
         completions = CompletionLog(str(out_dir) if out_dir and cfg.log_completions and main else None)
-        no_signal = 0                              # consecutive rollouts in which every group had equal rewards
         run = Session(cfg, dist, policy, controller, data.PromptSampler(rows, cfg.seed))
 
         # ---- resume ----------------------------------------------------------------------------------------------
@@ -183,6 +182,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
             log.warning("resume=True but no intact checkpoint under %s: starting fresh", root)
         if last is not None:
             run.load(last)
+        signal_watch = SignalWatch(log, run.history)
         sink = MetricsSink(out_dir if main else None, cfg, run.history, tensorboard=cfg.tensorboard and main,
                            wandb=cfg.wandb and main, resume_rollout=run.rollout if cfg.resume else None)
         cleanup.callback(quietly, sink.close, "closing the metrics log")
@@ -301,10 +301,9 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                 metrics.update({"rollout": run.rollout, "global_step": run.global_step,
                                 "time/train_s": run.train_seconds,
                                 "perf/samples_per_s": metrics.pop("perf/samples") / step_s})
-                no_signal = no_signal + 1 if metrics["reward/std"] == 0 or all(
-                    map(buffer.zero_variance, range(buffer.num_groups))) else 0
-                if no_signal == NO_SIGNAL_WARN_AFTER or (no_signal and no_signal % 10 == 0):
-                    warn_no_signal(log, no_signal, metrics["reward/mean"])
+                signal_watch.update(metrics["reward/std"] == 0 or all(map(buffer.zero_variance,
+                                                                          range(buffer.num_groups))),
+                                    buffer.num_groups, metrics["reward/mean"])
                 if controller is not None:
                     controller.update(metrics)
                     metrics.update(controller.state())

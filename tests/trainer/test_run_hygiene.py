@@ -28,6 +28,26 @@ def test_no_warning_when_rewards_vary(tiny, caplog):
     assert not any("NO LEARNING SIGNAL" in r.getMessage() for r in caplog.records)
 
 
+def test_no_signal_after_learning_warns_only_for_a_long_stall():
+    """Small rollouts of a model that already learns often carry no signal (the demo's GRPG: 2 groups per call);
+    that is warned once a stretch spans STALL_GROUPS groups, not every few rollouts."""
+    from rapid.lifecycle import SignalWatch
+
+    log = logging.getLogger("test-signal-watch")
+    records = []
+    log.warning = lambda *args: records.append(args)
+    watch = SignalWatch(log, history=[])
+    watch.update(False, 2, 0.5)                                  # a rollout with signal
+    for _ in range(SignalWatch.STALL_GROUPS // 2 - 1):
+        watch.update(True, 2, 1.0)
+    assert records == []
+    watch.update(True, 2, 1.0)                                   # the stretch reaches STALL_GROUPS groups
+    for _ in range(50):
+        watch.update(True, 2, 1.0)
+    assert len(records) == 1 and "after earlier rollouts had signal" in records[0][1]
+    assert SignalWatch(log, history=[{"reward/std": 0.3}]).seen and not SignalWatch(log, [{"reward/std": 0}]).seen
+
+
 def test_resume_refuses_a_config_that_changes_the_maths(tmp_path):
     out = str(tmp_path / "run")
     model, tok = build_tiny(seed=0)
