@@ -69,10 +69,11 @@ def check_resume_config(cfg: RapidConfig, last: Path) -> None:
                          "(--allow-config-change) to continue anyway, or use another output_dir")
 
 
-def save_final_model(policy, tokenizer, out_dir: Path) -> None:
+def save_final_model(policy, tokenizer, out_dir: Path, merged=None) -> None:
     """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0 (under
     FSDP2 from the full state dict, gathered to CPU). A LoRA run also writes the adapter alone to
-    ``output_dir/adapter``; ``model`` then holds the merged weights."""
+    ``output_dir/adapter``; ``model`` then holds the merged weights (under FSDP2: ``merged``, the unsharded copy
+    the trainer already filled with them)."""
     import copy
 
     model, dist = policy.model, policy.dist
@@ -85,11 +86,9 @@ def save_final_model(policy, tokenizer, out_dir: Path) -> None:
         return
     if hasattr(model, "peft_config"):
         model.save_pretrained(out_dir / "adapter", state_dict=state)
-        if state is not None:
-            logger.warning("FSDP2 + LoRA: saved the adapter (%s); merge it into the base model to evaluate",
-                           out_dir / "adapter")
-            return
-        copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir / "model")
+        if merged is None:
+            merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out_dir / "model")
     else:
         model.save_pretrained(out_dir / "model", state_dict=state)
     tokenizer.save_pretrained(out_dir / "model")

@@ -324,10 +324,11 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
                     run.history, run.rollout):
                 sink.log({"rollout": run.rollout, "time/train_s": run.train_seconds, "final": True, **evaluate()})
             save()
-        if out_dir is not None and not interrupted:
-            save_final_model(policy, tokenizer, out_dir)
-        if sharded:                 # FSDP2 shards die with the process group: return the full weights instead
+        if sharded:                 # FSDP2 shards die with the process group: the full (LoRA: merged) weights
             copy_weights(model, engine_model)
+        if out_dir is not None and not interrupted:
+            save_final_model(policy, tokenizer, out_dir, merged=engine_model if sharded else None)
+        if sharded:
             model = engine_model.float().train()
     return TrainResult(model=model, tokenizer=tokenizer, history=run.history,
                        output_dir=str(out_dir) if out_dir else None, interrupted=interrupted,

@@ -209,3 +209,38 @@ def test_a_crashed_rank_fails_the_others_with_its_name_and_keeps_the_checkpoint(
     assert results[0].error is not None and "rank" in results[0].error and "1" in results[0].error, results[0].error
     last = checkpoint.latest_intact_checkpoint(tmp_path / "run" / "checkpoints")
     assert last is not None and last.name.endswith("000001")
+
+
+def _train_lora(out_dir: str):
+    import peft
+
+    import rapid
+    from rapid.tiny import build_tiny
+
+    model, tok = build_tiny(seed=0)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    cfg = rapid.RapidConfig(**{**BASE, "parallel": "fsdp", "lr": 1e-2, "output_dir": out_dir})
+    reward = lambda prompts, completions, **_: [sum(ch.isdigit() for ch in c) / max(len(c), 1)  # noqa: E731
+                                                for c in completions]
+    result = rapid.train(model, PROMPTS, reward, cfg, tokenizer=tok, peft_config=lora)
+    return {name: tensor.detach().clone() for name, tensor in result.model.state_dict().items()}
+
+
+def test_fsdp2_lora_saves_the_merged_model_beside_the_adapter(tmp_path):
+    """FSDP2 + LoRA: output_dir/model is the full merged model (base + the trained adapter), as without FSDP2."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from rapid.tiny import build_tiny
+
+    out = tmp_path / "run"
+    returned = [r.unwrap() for r in run_ranks(_train_lora, 2, tmp_path, str(out), timeout=300)]
+    saved = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    base = build_tiny(seed=0)[0]
+    untrained = {k: v.clone() for k, v in base.state_dict().items()}
+    adapted = peft.PeftModel.from_pretrained(base, out / "adapter").merge_and_unload().state_dict()
+    assert saved.keys() == adapted.keys() == returned[0].keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], adapted[name], atol=1e-6, rtol=0, msg=name)
+        assert torch.equal(saved[name], returned[0][name]) and torch.equal(returned[0][name], returned[1][name])
+    assert any(not torch.equal(saved[k], untrained[k]) for k in saved if "q_proj" in k)   # the adapter trained
