@@ -24,6 +24,7 @@ import logging
 import math
 import numbers
 import pickle
+import queue
 import statistics
 import threading
 import time
@@ -74,29 +75,51 @@ def _name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+class _WatchdogThread:
+    """A daemon thread that runs calls handed to it, one at a time, until it is given ``None``. Reused while its
+    calls finish in time (starting a thread per call cost ~1 ms per reward call: 5 % of a small rollout)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="rapid-reward", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            call, box, done = job
+            try:
+                box.append(("ok", call()))
+            except BaseException:  # noqa: B036 - SystemExit / KeyboardInterrupt raised by a reward must not escape
+                box.append(("error", traceback.format_exc()))
+            finally:
+                done.set()
+
+
+_IDLE: list[_WatchdogThread] = []         # threads whose last call finished in time
+_IDLE_LOCK = threading.Lock()
+
+
 def call_with_watchdog(call: Callable[[], object], timeout_s: float | None,
                        should_stop: Callable[[], bool] | None = None) -> tuple[str, object]:
     """``call()`` in a daemon thread: ("ok", value) | ("error", traceback text) | ("timeout", None) |
-    ("stopped", None). On timeout or stop the thread is abandoned, not killed (see the module doc)."""
+    ("stopped", None). On timeout or stop the thread is abandoned, not killed (see the module doc): it exits when
+    the call returns, and later calls get another thread. Concurrent callers never share a thread."""
+    with _IDLE_LOCK:
+        worker = _IDLE.pop() if _IDLE else None
+    worker = worker or _WatchdogThread()
     box: list = []
     done = threading.Event()
-
-    def target() -> None:
-        try:
-            box.append(("ok", call()))
-        except BaseException:  # noqa: B036 - SystemExit / KeyboardInterrupt raised by a reward must not escape
-            box.append(("error", traceback.format_exc()))
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=target, name="rapid-reward", daemon=True)
     deadline = time.monotonic() + timeout_s if timeout_s else math.inf
-    thread.start()
+    worker.jobs.put((call, box, done))
     while not done.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
         if should_stop is not None and should_stop():
+            worker.jobs.put(None)
             return "stopped", None
         if time.monotonic() >= deadline:
+            worker.jobs.put(None)
             return "timeout", None
+    with _IDLE_LOCK:
+        _IDLE.append(worker)
     return box[0]
 
 

@@ -109,6 +109,43 @@ def test_inline_timeout_abandons_the_call():
     assert fine == [1.0, 1.0] and stats["reward/timeouts"] == 0.0
 
 
+def test_watchdog_threads_are_reused_until_a_call_overruns():
+    """In-process calls reuse one watchdog thread; a call past its limit keeps its thread (abandoned, it exits when
+    the call returns) and the next call gets another; concurrent callers never share one."""
+    import threading
+
+    from rapid.rewards.runner import call_with_watchdog
+
+    ident = threading.get_ident
+    first = call_with_watchdog(ident, 5.0)[1]
+    assert call_with_watchdog(ident, 5.0)[1] == first != threading.main_thread().ident
+    release = threading.Event()
+    stuck = {}
+
+    def overrun():
+        stuck["thread"] = threading.current_thread()
+        release.wait(10)
+
+    assert call_with_watchdog(overrun, 0.2) == ("timeout", None)
+    after = call_with_watchdog(ident, 5.0)[1]
+    assert after != stuck["thread"].ident
+    release.set()
+    stuck["thread"].join(5)
+    assert not stuck["thread"].is_alive()                 # the abandoned thread left once its call returned
+    seen, barrier = [], threading.Barrier(2)
+
+    def concurrent():
+        seen.append(call_with_watchdog(lambda: (barrier.wait(3), ident())[1], 6.0))
+
+    callers = [threading.Thread(target=concurrent) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(10)
+    # both ran at once (on one shared thread the first would wait at the barrier for the second, in vain)
+    assert [status for status, _ in seen] == ["ok", "ok"] and len({value for _, value in seen}) == 2
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_should_stop_interrupts_a_stuck_reward_within_seconds(num_workers):
     asked_at = time.monotonic() + 1.0
