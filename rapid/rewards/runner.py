@@ -77,7 +77,7 @@ def _name(fn: Callable) -> str:
 
 class _WatchdogThread:
     """A daemon thread that runs calls handed to it, one at a time, until it is given ``None``. Reused while its
-    calls finish in time (starting a thread per call cost ~1 ms per reward call: 5 % of a small rollout)."""
+    calls finish in time (a new thread per call measured ~1 ms per call on the 2-core box, a reused one 0.04 ms)."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
