@@ -116,7 +116,7 @@ class _Worker:
 
         torch.set_num_threads(init["threads"])
         self.dtype = dtype = getattr(torch, init["dtype"])
-        self.device = device = torch.device(init["device"])
+        device = torch.device(init["device"])
         self.layout = init["layout"]
         start = time.perf_counter()
         self.channel = None
@@ -145,7 +145,8 @@ class _Worker:
         if init["shm_path"] is not None:
             flat = torch.from_file(init["shm_path"], shared=True, size=init["numel"], dtype=dtype)  # (numel,)
             self.views = {name: flat[off:off + math.prod(shape)].view(shape) for name, (off, shape) in layout.items()}
-        if device.type == "cpu" and self.views:
+        self.zero_copy = device.type == "cpu" and bool(self.views)
+        if self.zero_copy:
             for name, view in self.views.items():
                 params[name].data = view
         else:
@@ -178,7 +179,7 @@ class _Worker:
         try:
             if op == "load":
                 start = time.perf_counter()
-                if self.channel is not None or self.device.type != "cpu":
+                if not self.zero_copy:
                     self._receive_weights()
                 self.engine.sync_weights(self.model)      # HF: the parameters hold them; vLLM: load_weights
                 self.version = message[1]

@@ -86,19 +86,30 @@ class WeightChannel:
 
     def send(self, weights: Iterable[tuple[str, torch.Tensor]], layout: Layout, dtype: torch.dtype,
              alive: Callable[[], None]) -> None:
-        """Broadcast ``weights`` (yielded in ``layout`` order, any dtype/device) bucket by bucket."""
+        """Broadcast ``weights`` (yielded in ``layout`` order, any dtype/device) bucket by bucket.
+
+        A weight that does not match the layout (another model's structure) raises ValueError only after every
+        bucket was broadcast — the rest zero-filled — so the receiver, which waits for all of them, stays in step
+        with the group; its weights are then a mix the caller must replace with a good send."""
         source = iter(weights)
+        mismatch = None
         for bucket in buckets(layout, dtype.itemsize, self.bucket_bytes):
-            flat = torch.empty(sum(math.prod(layout[i][2]) for i in bucket), dtype=dtype, device=self.device)
+            flat = torch.zeros(sum(math.prod(layout[i][2]) for i in bucket), dtype=dtype, device=self.device)
             for view, i in zip(_views(flat, layout, bucket), bucket):
-                name, tensor = next(source)
+                if mismatch is not None:
+                    break
+                name, tensor = next(source, (None, None))
                 if name != layout[i][0] or tuple(tensor.shape) != layout[i][2]:
-                    raise ValueError(f"weight {name!r} {tuple(tensor.shape)} arrived where the engine's layout has "
-                                     f"{layout[i][0]!r} {layout[i][2]}: the model's structure changed")
+                    got = "nothing" if name is None else f"weight {name!r} {tuple(tensor.shape)}"
+                    mismatch = (f"{got} arrived where the engine's layout has {layout[i][0]!r} {layout[i][2]}: the "
+                                "model's structure changed")
+                    break
                 view.copy_(tensor)
             self._broadcast(flat, alive)
-        if next(source, None) is not None:
-            raise ValueError("the model yielded more weights than the engine's layout holds")
+        if mismatch is None and next(source, None) is not None:
+            mismatch = "the model yielded more weights than the engine's layout holds: the model's structure changed"
+        if mismatch is not None:
+            raise ValueError(mismatch)
 
     def receive(self, layout: Layout, dtype: torch.dtype, alive: Callable[[], None]) -> Iterator[
             tuple[str, torch.Tensor]]:

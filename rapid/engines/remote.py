@@ -140,7 +140,7 @@ class ProcessEngine:
                 raise
             fds, channel = self._shm.fds, None
         else:
-            both_cuda = device.type == source.type == "cuda"
+            both_cuda = device.type == source.type == "cuda"         # NCCL; anything else goes through host memory
             self._channel = WeightChannel("127.0.0.1", 0, 0, source if both_cuda else "cpu", startup_timeout_s)
             fds, channel = (), {"host": "127.0.0.1", "port": self._channel.port, "timeout_s": startup_timeout_s,
                                 "device": "cuda:0" if both_cuda else "cpu"}
@@ -180,7 +180,7 @@ class ProcessEngine:
             self._send(init)
             if self._channel is not None:
                 self._join_channel(startup_timeout_s)
-                self._channel.send(_full_weights(model), layout, self.dtype, self._check_alive)   # version 0
+                self._channel.send(hf_weights(model), layout, self.dtype, self._check_alive)   # version 0
             reply = self._recv(startup_timeout_s, "starting")
             if reply[0] != "ready":
                 raise self._fail(f"the engine process failed to start ({kind}):\n{reply[2]}")
@@ -262,23 +262,21 @@ class ProcessEngine:
             raise EngineError(f"sync_weights with {len(self._pending)} generation(s) in flight: collect them with "
                               "result() first (weights change only at a rollout boundary)")
         start = time.perf_counter()
-        # the child's HF parameters are views of the buffer: a half-written sync leaves a mix of two versions, so
-        # submit refuses until a sync completes
+        # a sync that fails half-way (another model's structure) leaves the child's weights a mix of two versions,
+        # so submit refuses until a sync completes
         version = self._version + 1
+        self._torn = True
         if self._channel is None:
-            self._torn = True
-            self._copy_weights(model)
-            self._torn = False
+            self._copy_weights(model)                # into the buffer the child's parameters view (or copy in)
             self._send(("load", version))
         else:
-            # checked before the child is told to receive: once it waits for buckets, every one must come
-            if _layout(model, self.dtype)[0] != self._layout:
-                raise EngineError("the model's weights do not match the engine's (names or shapes): the model's "
-                                  "structure changed since the engine started")
-            self._torn = True
-            self._send(("load", version))
-            self._channel.send(_full_weights(model), self._layout, self.dtype, self._check_alive)
-            self._torn = False
+            self._send(("load", version))            # the child starts receiving; the broadcast follows
+            try:
+                self._channel.send(hf_weights(model), self._layout, self.dtype, self._check_alive)
+            except ValueError as err:        # every bucket still went out: collect the child's reply, stay torn
+                self._recv(None, f"loading weights version {version}")
+                raise EngineError(f"weight sync failed: {err}") from err
+        self._torn = False
         self._version = version
         reply = self._recv(None, f"loading weights version {self._version}")
         if reply[0] != "loaded" or reply[1] != self._version:
@@ -291,7 +289,7 @@ class ProcessEngine:
     def _copy_weights(self, model: torch.nn.Module) -> None:
         seen = 0
         with torch.no_grad():
-            for name, tensor in _full_weights(model):
+            for name, tensor in hf_weights(model):      # FSDP2 shards arrive gathered, one at a time
                 view = self._views.get(name)
                 if view is None:
                     raise EngineError(f"weight {name!r} is not in the engine's layout: the model's structure "
@@ -421,12 +419,6 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _full_weights(model: torch.nn.Module):
-    """``hf_weights`` with FSDP2 shards gathered into whole weights, one at a time (a collective: every rank)."""
-    for name, tensor in hf_weights(model):
-        yield name, tensor.full_tensor() if _is_dtensor(tensor) else tensor
-
-
 def _physical_gpu(device: torch.device) -> str:
     """The ``CUDA_VISIBLE_DEVICES`` entry of ``device`` (this process's numbering), for a child that sees only it."""
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -463,10 +455,6 @@ def _cpu_attention(model_config) -> str:
     """The trainer's attention implementation when it runs on CPU (eager / sdpa), else sdpa (flash-attn on CUDA)."""
     name = getattr(model_config, "_attn_implementation", None)
     return name if name in ("eager", "sdpa") else "sdpa"
-
-
-def _is_dtensor(tensor: torch.Tensor) -> bool:
-    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "full_tensor")
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

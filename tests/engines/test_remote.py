@@ -230,8 +230,8 @@ def test_crash_gives_engine_error_within_seconds_and_close_reaps(trainer):
 
 def test_broadcast_transport_gives_the_shared_memory_engines_rollouts(trainer):
     """transport="broadcast" (NCCL between the trainer's GPU and the engine's; gloo here): the child receives the
-    exact weights, versions advance, and a model of another structure is refused before the child is told to
-    receive, leaving the engine usable."""
+    exact weights, versions advance, and a model of another structure fails the sync without breaking the channel:
+    generation is refused until a good sync, after which the engine is exact again."""
     model, tok = trainer
     changed = copy.deepcopy(model)
     with torch.no_grad():
@@ -246,6 +246,8 @@ def test_broadcast_transport_gives_the_shared_memory_engines_rollouts(trainer):
         other = build_tiny(num_layers=3, seed=0)[0]
         with pytest.raises(EngineError, match="structure changed"):
             eng.sync_weights(other)
+        with pytest.raises(EngineError, match="sync_weights again"):
+            eng.submit(PROMPTS, 2, SAMPLING)
         assert eng.sync_weights(model) == 2
         assert_same_rollout(eng.generate(PROMPTS, 2, SAMPLING), in_process(model, tok))
         pid = eng.pid
@@ -269,15 +271,16 @@ def test_weight_channel_splits_buckets_and_delivers_every_weight_bit_for_bit():
     receiver = WeightChannel("127.0.0.1", sender.port, 1, "cpu", 30.0, bucket_bytes=100)
     got, errors = {}, []
 
-    def receive():
+    def receive(join: bool):
         try:
-            receiver.join()
+            if join:
+                receiver.join()
             for name, tensor in receiver.receive(layout, torch.float32, lambda: None):
                 got[name] = tensor.clone()
         except BaseException as err:    # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
-    thread = threading.Thread(target=receive)
+    thread = threading.Thread(target=receive, args=(True,))
     thread.start()
     sender.join()
     sender.send(iter(weights), layout, torch.float32, lambda: None)
@@ -285,8 +288,15 @@ def test_weight_channel_splits_buckets_and_delivers_every_weight_bit_for_bit():
     assert not errors and list(got) == [name for name, _ in weights]
     for name, tensor in weights:
         assert torch.equal(got[name], tensor), name
+    # another structure: refused, but only after every bucket went out (zero-filled), so the receiver stays in step
+    got.clear()
+    thread = threading.Thread(target=receive, args=(False,))
+    thread.start()
     with pytest.raises(ValueError, match="structure changed"):
-        sender.send(iter([("a", torch.randn(5, 3))]), layout, torch.float32, lambda: None)
+        sender.send(iter([weights[0], ("big", torch.randn(10, 40))]), layout, torch.float32, lambda: None)
+    thread.join(30)
+    assert not errors and list(got) == [name for name, _ in weights]
+    assert torch.equal(got["a"], weights[0][1]) and not got["big"].any() and not got["c"].any()
     sender.close()
     receiver.close()
 
