@@ -69,28 +69,27 @@ def check_resume_config(cfg: RapidConfig, last: Path) -> None:
                          "(--allow-config-change) to continue anyway, or use another output_dir")
 
 
-def save_final_model(policy, tokenizer, out_dir: Path, merged=None) -> None:
-    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0 (under
-    FSDP2 from the full state dict, gathered to CPU). A LoRA run also writes the adapter alone to
-    ``output_dir/adapter``; ``model`` then holds the merged weights (under FSDP2: ``merged``, the unsharded copy
-    the trainer already filled with them)."""
+def save_final_model(policy, tokenizer, out_dir: Path, full=None) -> None:
+    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0. A
+    LoRA run also writes the adapter alone to ``output_dir/adapter``; ``model`` then holds the merged weights.
+    Under FSDP2 ``full`` is the unsharded copy the trainer already filled with the whole (LoRA: merged) weights, so
+    only a LoRA adapter needs the sharded state gathered."""
     import copy
 
     model, dist = policy.model, policy.dist
+    lora = hasattr(model, "peft_config")
     state = None
-    if dist.active and policy.cfg.parallel == "fsdp":
+    if lora and dist.active and policy.cfg.parallel == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not dist.is_main:
         return
-    if hasattr(model, "peft_config"):
+    if lora:
         model.save_pretrained(out_dir / "adapter", state_dict=state)
-        if merged is None:
-            merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out_dir / "model")
-    else:
-        model.save_pretrained(out_dir / "model", state_dict=state)
+    if full is None:
+        full = copy.deepcopy(model).merge_and_unload() if lora else model
+    full.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
 
 

@@ -327,7 +327,7 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
         if sharded:                 # FSDP2 shards die with the process group: the full (LoRA: merged) weights
             copy_weights(model, engine_model)
         if out_dir is not None and not interrupted:
-            save_final_model(policy, tokenizer, out_dir, merged=engine_model if sharded else None)
+            save_final_model(policy, tokenizer, out_dir, full=engine_model if sharded else None)
         if sharded:
             model = engine_model.float().train()
     return TrainResult(model=model, tokenizer=tokenizer, history=run.history,

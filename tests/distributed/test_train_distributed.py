@@ -211,18 +211,18 @@ def test_a_crashed_rank_fails_the_others_with_its_name_and_keeps_the_checkpoint(
     assert last is not None and last.name.endswith("000001")
 
 
-def _train_lora(out_dir: str):
+def _train_fsdp(out_dir: str, lora: bool = True):
     import peft
 
     import rapid
     from rapid.tiny import build_tiny
 
     model, tok = build_tiny(seed=0)
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    adapter = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     cfg = rapid.RapidConfig(**{**BASE, "parallel": "fsdp", "lr": 1e-2, "output_dir": out_dir})
     reward = lambda prompts, completions, **_: [sum(ch.isdigit() for ch in c) / max(len(c), 1)  # noqa: E731
                                                 for c in completions]
-    result = rapid.train(model, PROMPTS, reward, cfg, tokenizer=tok, peft_config=lora)
+    result = rapid.train(model, PROMPTS, reward, cfg, tokenizer=tok, peft_config=adapter if lora else None)
     return {name: tensor.detach().clone() for name, tensor in result.model.state_dict().items()}
 
 
@@ -234,7 +234,7 @@ def test_fsdp2_lora_saves_the_merged_model_beside_the_adapter(tmp_path):
     from rapid.tiny import build_tiny
 
     out = tmp_path / "run"
-    returned = [r.unwrap() for r in run_ranks(_train_lora, 2, tmp_path, str(out), timeout=300)]
+    returned = [r.unwrap() for r in run_ranks(_train_fsdp, 2, tmp_path, str(out), timeout=300)]
     saved = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     base = build_tiny(seed=0)[0]
     untrained = {k: v.clone() for k, v in base.state_dict().items()}
@@ -244,3 +244,14 @@ def test_fsdp2_lora_saves_the_merged_model_beside_the_adapter(tmp_path):
         torch.testing.assert_close(saved[name], adapted[name], atol=1e-6, rtol=0, msg=name)
         assert torch.equal(saved[name], returned[0][name]) and torch.equal(returned[0][name], returned[1][name])
     assert any(not torch.equal(saved[k], untrained[k]) for k in saved if "q_proj" in k)   # the adapter trained
+
+
+def test_fsdp2_saves_the_full_model_the_ranks_return(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    returned = [r.unwrap() for r in run_ranks(_train_fsdp, 2, tmp_path, str(out), False, timeout=300)]
+    saved = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert saved.keys() == returned[0].keys()
+    for name in saved:
+        assert torch.equal(saved[name], returned[0][name]) and torch.equal(returned[0][name], returned[1][name]), name
