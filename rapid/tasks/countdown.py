@@ -9,6 +9,12 @@ arithmetic: nothing is ever evaluated by Python.
     difficulty 3: 4 numbers in 1..25,  ops + - * /
     difficulty 4: 5 numbers in 1..50,  ops + - * /
     difficulty 5: 6 numbers in 1..100, ops + - * /
+
+Reward (``answer=``): ``"final"`` (default) finds the expression a chat model states — inside ``<answer>`` tags or
+``\\boxed{}``, else on its last line, also inside a sentence ("The expression is (3 + 5) * 2 = 16.") — and
+``"exact"`` is the strict form: the last non-empty line (or the tagged answer) must be the expression itself.
+Prompt: "Using the numbers 3, 5, 2, make 16. Use + - * / and parentheses; each number at most once. Answer with
+the expression only." (``prompt_template``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,27 @@ def extract_expression(completion: str) -> str:
     return text.split("=")[0].strip().rstrip(".")
 
 
+_EXPRESSION = re.compile(r"[\d\s+\-*/×÷()]*\d[\d\s+\-*/×÷()]*")
+
+
+def extract_stated_expression(completion: str) -> str:
+    """The expression a chat model states: tagged, boxed, or the last arithmetic run with an operator on the last
+    line that has one (what follows a "=" is its value, not the expression)."""
+    from rapid.rewards.math_answer import extract_boxed
+
+    for latex, op in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/")):
+        completion = completion.replace(latex, op)
+    tagged = re.findall(r"<answer>(.*?)</answer>", completion, re.S)
+    boxed = extract_boxed(completion)
+    if tagged or boxed is not None:
+        return extract_expression(tagged[-1] if tagged else boxed)
+    for line in reversed([ln for ln in completion.splitlines() if ln.strip()]):
+        runs = [r.strip() for r in _EXPRESSION.findall(line.split("=")[0]) if re.search(r"\d\s*[-+*/]\s*\(?\d", r)]
+        if runs:
+            return runs[-1]
+    return extract_expression(completion)
+
+
 def check_solution(expr: str, numbers: list[int], target: int) -> bool:
     """True iff ``expr`` equals ``target`` exactly and uses each of ``numbers`` at most once (as a multiset)."""
     got = evaluate_expression(expr)
@@ -75,7 +102,14 @@ def check_solution(expr: str, numbers: list[int], target: int) -> bool:
 
 def countdown_reward(prompts: list[str], completions: list[str], numbers: list[list[int]], target: list[int],
                      **_columns) -> list[float]:
-    """1.0 for a correct expression (see ``check_solution``), else 0.0."""
+    """1.0 for a correct stated expression (``extract_stated_expression``, ``check_solution``), else 0.0."""
+    return [float(check_solution(extract_stated_expression(c), list(n), int(t)))
+            for c, n, t in zip(completions, numbers, target)]
+
+
+def countdown_exact_reward(prompts: list[str], completions: list[str], numbers: list[list[int]], target: list[int],
+                           **_columns) -> list[float]:
+    """The strict form: the last non-empty line (or the tagged answer) must be a correct expression."""
     return [float(check_solution(extract_expression(c), list(n), int(t)))
             for c, n, t in zip(completions, numbers, target)]
 
@@ -100,12 +134,14 @@ def make_puzzle(rng: random.Random, count: int, high: int, ops: str, max_target:
 
 
 def make_countdown_task(difficulty: int = 2, n_train: int = 2000, n_eval: int = 200, seed: int = 0,
-                        prompt_template: str = PROMPT) -> Task:
+                        prompt_template: str = PROMPT, answer: str = "final") -> Task:
     """The countdown task at a difficulty level (see the module docstring); eval puzzles never appear in train."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty}")
     if n_train < 1 or n_eval < 0:
         raise ValueError(f"n_train must be >= 1 and n_eval >= 0, got {n_train}, {n_eval}")
+    if answer not in ("final", "exact"):
+        raise ValueError(f"answer must be 'final' or 'exact', got {answer!r}")
     count, high, ops = DIFFICULTIES[difficulty]
     rng = random.Random(seed)
     rows, seen = [], set()
@@ -120,6 +156,10 @@ def make_countdown_task(difficulty: int = 2, n_train: int = 2000, n_eval: int = 
         puzzle["prompt"] = prompt_template.format(numbers=", ".join(map(str, puzzle["numbers"])),
                                                   target=puzzle["target"])
         rows.append({"prompt": puzzle.pop("prompt"), **puzzle})
-    return Task(name="countdown", train=rows[n_eval:], eval=rows[:n_eval], reward_fn=countdown_reward,
+    if not rows[n_eval:]:
+        raise ValueError(f"n_eval={n_eval} takes all {len(rows)} distinct puzzles of difficulty {difficulty}, "
+                         "leaving no training data: lower n_eval")
+    return Task(name="countdown", train=rows[n_eval:], eval=rows[:n_eval],
+                reward_fn=countdown_exact_reward if answer == "exact" else countdown_reward,
                 description=f"countdown: {count} numbers in 1..{high}, ops {ops!r}, exact verifier",
                 max_new_tokens=8 * count + 8)

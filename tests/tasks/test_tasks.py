@@ -180,3 +180,37 @@ def test_registry():
         Task("t", [{"question": "x"}], [], reward_fn=math_reward)
     with pytest.raises(ValueError, match="difficulty"):
         make_countdown_task(9)
+
+
+def test_one_digit_arithmetic_has_training_data_and_a_clear_error_when_not():
+    from rapid.tasks.arithmetic import make_arithmetic_task
+
+    task = make_arithmetic_task(difficulty=1)                  # 100 problems: the default split must leave training rows
+    assert len(task.train) == 80 and len(task.eval) == 20
+    assert not {r["prompt"] for r in task.train} & {r["prompt"] for r in task.eval}
+    with pytest.raises(ValueError, match="n_eval"):
+        make_arithmetic_task(difficulty=1, n_eval=100)
+
+
+def test_arithmetic_rewards_accept_a_chat_answer_and_keep_the_strict_form():
+    from rapid.tasks.arithmetic import arithmetic_exact_reward, arithmetic_reward, make_arithmetic_task
+
+    chatty = ["7 + 7 = 14", "The answer is 14.", "so \\boxed{14}", "14", "7 + 7 = 15", "no idea"]
+    assert arithmetic_reward(None, chatty, ["14"] * 6) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert arithmetic_exact_reward(None, chatty, ["14"] * 6) == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    question = make_arithmetic_task(difficulty=1, prompt="question", seed=3)
+    assert question.train[0]["prompt"].startswith("What is ") and question.max_new_tokens >= 24
+    strict = make_arithmetic_task(difficulty=1, answer="exact")
+    assert strict.reward_fn(None, ["7 + 7 = 14"], answer=["14"]) == [0.0]
+    with pytest.raises(ValueError, match="prompt"):
+        make_arithmetic_task(prompt="poem")
+
+
+def test_countdown_rewards_accept_a_chat_answer_and_keep_the_strict_form():
+    from rapid.tasks.countdown import countdown_exact_reward
+
+    chatty = ["We can do 4 \\times 6 - 14 = 10.", "<answer>4 * 6 - 14</answer>", "\\boxed{4 \\cdot 6 - 14}",
+              "4 + 6 = 10", "4 * 6 = 24"]
+    numbers, target = [[4, 6, 14]] * 5, [10] * 5
+    assert countdown_reward(None, chatty, numbers, target) == [1.0, 1.0, 1.0, 1.0, 0.0]   # a subset may be used
+    assert countdown_exact_reward(None, chatty, numbers, target)[0] == 0.0
