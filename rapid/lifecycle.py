@@ -158,10 +158,3 @@ def seed_everything(seed: int) -> None:
 
 def evaluated_at(history: list[dict], rollout: int) -> bool:
     return bool(history) and history[-1].get("rollout") == rollout and any(k.startswith("eval/") for k in history[-1])
-
-
-def model_name(model: object) -> str | None:
-    if isinstance(model, str):
-        return model
-    config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)

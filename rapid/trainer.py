@@ -40,12 +40,12 @@ from .config import RapidConfig
 from .distributed import check_parallel, init_distributed, main_logger
 from .engines import make_engine
 from .engines.hf import copy_weights
-from .lifecycle import (SignalWatch, check_resume_config, close_profiler, evaluated_at, holds_a_run, model_name,
+from .lifecycle import (SignalWatch, check_resume_config, close_profiler, evaluated_at, holds_a_run,
                         quietly, save_final_model, seed_everything, start_engine_process)
 from .loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
-from .model_args import check_output_dir, resolve_model_arg
-from .model_utils import apply_peft, context_length, load_model, load_tokenizer, training_device
+from .models import (apply_peft, chat_template_decision, check_output_dir, context_length, load_model, load_tokenizer,
+                     resolve_model_arg, training_device)
 from .policy import Policy
 from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, evaluate_rewards, plan_rollout,
                       rollout_metrics, rollout_sampling)
@@ -118,7 +118,8 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     if eval_fn is not None and not callable(eval_fn):
         raise ValueError("eval_fn must be callable: eval_fn(model, tokenizer) -> dict[str, float]")
     tokenizer = load_tokenizer(model, tokenizer)
-    template = data.wants_chat_template(cfg.chat_template, tokenizer, model_name(model))
+    template, why = chat_template_decision(cfg.chat_template, tokenizer, model)
+    log.info("chat template for string prompts: %s (%s)", "on" if template else "off", why)
     texts = data.render_prompts(rows, tokenizer, template)
     eval_texts = data.render_prompts(eval_rows, tokenizer, template) if eval_rows is not None else None
     context = context_length(model)

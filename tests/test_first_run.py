@@ -19,7 +19,7 @@ import pytest
 from rapid import RapidConfig
 from rapid.cli import build_parser, main, prepare_train, setup_logging
 from rapid.cli_config import coerce_field, field_docs, load_config_file
-from rapid.model_args import check_output_dir, looks_local, resolve_model_arg
+from rapid.models.names import check_output_dir, looks_local, resolve_model_arg
 
 FIELDS = [f.name for f in dataclasses.fields(RapidConfig)]
 
@@ -239,21 +239,21 @@ def test_cli_logging_shows_rapid_info_and_warnings_loudly(capsys, cli_logging):
 
 
 def test_eval_of_a_run_uses_its_recorded_task_and_prompt_rendering(tmp_path, monkeypatch, capsys, cli_logging):
-    import rapid.data as data
+    import rapid.cli as cli
     from rapid.tiny import build_tiny, save_tiny
 
     save_tiny(*build_tiny(), tmp_path / "run" / "model")
     config = {"chat_template": "off", "extra": {"task": "arithmetic", "model": "Org/X-Instruct",
                                                  "task_args": {"n_train": 4, "n_eval": 3, "digits": [1, 1]}}}
     (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"config": config}) + "\n")
-    seen, real = [], data.wants_chat_template
-    monkeypatch.setattr(data, "wants_chat_template", lambda mode, tok, name: seen.append((mode, name)) or
-                        real(mode, tok, name))
+    seen, real = [], cli.chat_template_decision
+    monkeypatch.setattr(cli, "chat_template_decision", lambda mode, tok, model: seen.append(mode) or
+                        real(mode, tok, model))
     assert main(["eval", "--model", str(tmp_path / "run" / "model")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["task"] == "arithmetic" and out["n"] == 3
-    assert seen == [("off", "Org/X-Instruct")]         # as trained: the hub name decides "auto", not the copy's path
+    assert seen == ["off"]                              # as the run was trained
     assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--task", "arithmetic", "--task-arg",
                  "n_eval=2", "--chat-template", "auto"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 2
-    assert seen[-1][0] == "auto"
+    assert seen[-1] == "auto"

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import rapid
     from rapid import data
     from rapid.engines.hf import HFEngine
+    from rapid.models import chat_template_decision
     from rapid.profiling import device_name
     from rapid.trainer import evaluate_rewards
     from setups import setup
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_s = time.perf_counter() - t_setup
     max_new = args.max_new_tokens or task.max_new_tokens
     eval_cfg = rapid.RapidConfig(max_new_tokens=max_new, seed=args.seed)
-    template = data.wants_chat_template(eval_cfg.chat_template, tok, None)
+    template, _ = chat_template_decision(eval_cfg.chat_template, tok, model)
     texts = data.render_prompts(task.eval, tok, template) if task.eval else None
 
     def accuracy(m) -> float:

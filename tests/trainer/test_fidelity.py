@@ -94,9 +94,6 @@ def test_chat_messages_and_templates(tiny):
             {"prompt": "2+2="}]
     assert data.render_prompts(rows, tok, template_strings=False) == ["S1+1=", "2+2="]
     assert data.render_prompts(rows, tok, template_strings=True) == ["S1+1=", "2+2="]   # the tiny template: contents
-    assert data.wants_chat_template("auto", tok, "Qwen/Qwen2.5-0.5B-Instruct")
-    assert not data.wants_chat_template("auto", tok, "Qwen/Qwen2.5-0.5B")
-    assert not data.wants_chat_template("off", tok, "Qwen/Qwen2.5-0.5B-Instruct")
     seen = []
 
     def reward(prompts, completions, **_):
