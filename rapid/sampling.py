@@ -10,9 +10,10 @@ This module is that function:
 - ``thresholds(...)`` gives the trainer, per completion token, the smallest kept processed logit; the fused
   kernels take it (``threshold=``) and normalise over {v : z_v ≥ threshold} ∪ {target}, so top-k / top-p cost no
   (N, V) tensor in the loss. It is computed without gradient (the kept set is piecewise constant in θ).
-- ``sample(z, seeds, step)`` draws one token per row by Gumbel-max with counter-based noise: row b's draw depends
-  only on (seeds[b], step, token id), never on which other rows share the batch. Rollouts are therefore identical
-  whatever the engine's chunking (``max_num_seqs``), the world size or the process that generates them.
+- ``draw(z, seeds, step)`` draws one token per row by inverse-CDF sampling with one counter-based uniform per row
+  and step: row b's draw depends only on (seeds[b], step, z[b]), never on which other rows share the batch.
+  Rollouts are therefore identical whatever the engine's chunking (``max_num_seqs``), the world size or the
+  process that generates them.
 """
 
 from __future__ import annotations
@@ -90,35 +91,65 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, step: int, vocab: int, start: int = 0) -> torch.Tensor:
-    """(B, V) float64 uniforms in (0, 1) for vocabulary ids start … start+V−1, a pure function of (seeds[b], step,
-    id): counter-based, so a row's noise does not depend on the batch or on how the vocabulary is chunked."""
+def uniform_noise(seeds: torch.Tensor, step: int, vocab: int = 1, start: int = 0) -> torch.Tensor:
+    """(B, V) float64 uniforms in (0, 1) for columns start … start+V−1, a pure function of (seeds[b], step,
+    column): counter-based, so a row's noise does not depend on the batch it is drawn in. The sampler uses one
+    column (one uniform per row and step)."""
     seeds = seeds.to(torch.int64)                                                     # (B,)
     key = _mix32(_mix32(seeds & _MASK32) ^ _mix32((seeds >> 32) & _MASK32) + 0x9E3779B9)
     key = _mix32(key + _mix32(torch.full_like(key, step & _MASK32)))                  # (B,)
     col = torch.arange(start, start + vocab, device=seeds.device, dtype=torch.int64)  # (V,)
     bits = _mix32(_mix32(key[:, None] ^ col[None, :]) + 0x68E31DA4)                   # (B, V) in [0, 2^32)
-    return (bits.to(torch.float64) + 0.5) / 4294967296.0
+    hi = _mix32(bits ^ 0x5BD1E995)                                                    # 21 more bits: 53 in all
+    return ((bits * 2097152 + (hi >> 11)).to(torch.float64) + 0.5) / 9007199254740992.0
 
 
-SAMPLE_CHUNK = 16384          # vocabulary ids per noise chunk: bounds the sampler's temporaries to B × chunk
+SAMPLE_BLOCK = 256            # vocabulary ids per block of the two-level inverse CDF
 
 
-def sample(z: torch.Tensor, seeds: torch.Tensor, step: int, chunk: int = SAMPLE_CHUNK) -> torch.Tensor:
-    """One token per row from softmax(z) (z may hold −inf), by Gumbel-max with ``uniform_noise``. (B,) int64.
+def draw(z: torch.Tensor, seeds: torch.Tensor, step: int, block: int = SAMPLE_BLOCK) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """One token per row from softmax(z) (z (B, V) float32 may hold −inf) and its log-probability: (B,) int64,
+    (B,) float32.
 
-    The vocabulary is walked in chunks with a running maximum, so a 151k vocabulary never costs (B, V) float64
-    noise and int64 hashing temporaries at once (≈ 28 bytes per element, 1 GB at 256 rows)."""
-    best = torch.full((z.shape[0],), float("-inf"), dtype=torch.float64, device=z.device)   # (B,)
-    token = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)                      # (B,)
-    for lo in range(0, z.shape[-1], chunk):
-        part = z[:, lo:lo + chunk].double()                                                  # (B, C)
-        score = part - torch.log(-torch.log(uniform_noise(seeds, step, part.shape[1], lo)))  # + Gumbel
-        value, index = score.max(dim=-1)                                                     # (B,), (B,)
-        better = value > best
-        best = torch.where(better, value, best)
-        token = torch.where(better, index + lo, token)
-    return token
+    Inverse-CDF sampling with one counter-based uniform per row (``uniform_noise(seeds, step)``): u · Σ e is
+    located first among blocks of ``block`` ids (cumulative block sums, float64), then inside the chosen block.
+    Every quantity is a row-wise function of that row's z alone, so a row's draw does not depend on which other rows
+    share the batch. Cost: one softmax over (B, V) and a block sum; Gumbel-max over B × V hashed noise, which this
+    replaces, cost 1.07 s per decode step at B = 128, V = 49 152 on 2 CPU cores (this: ~15 ms).
+    Tokens with z = −inf have zero mass and are never drawn.
+    """
+    rows, vocab = z.shape
+    pad = (-vocab) % block
+    e = torch.softmax(z, dim=-1)                                                      # (B, V) fp32, −inf → 0
+    if pad:
+        e = torch.nn.functional.pad(e, (0, pad))
+    e = e.view(rows, -1, block)                                                       # (B, nb, block)
+    block_mass = e.sum(dim=-1).double()                                               # (B, nb)
+    cum = block_mass.cumsum(dim=-1)                                                   # (B, nb)
+    target = uniform_noise(seeds.to(z.device), step)[:, 0] * cum[:, -1]               # (B,) in (0, Σ)
+    nb = cum.shape[1]
+    b = torch.searchsorted(cum, target[:, None], right=True).squeeze(1).clamp_(max=nb - 1)   # (B,)
+    # never a block without mass (u · Σ rounding up to the last cumulative value)
+    b = torch.where(block_mass.gather(1, b[:, None]).squeeze(1) > 0, b, _last_positive(block_mass))
+    before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)[:, None]).squeeze(1), torch.zeros_like(target))
+    inner = e[torch.arange(rows, device=z.device), b].double()                        # (B, block)
+    inner_cum = inner.cumsum(dim=-1)                                                  # (B, block)
+    i = torch.searchsorted(inner_cum, (target - before)[:, None], right=True).squeeze(1).clamp_(max=block - 1)
+    i = torch.where(inner.gather(1, i[:, None]).squeeze(1) > 0, i, _last_positive(inner))
+    token = b * block + i                                                             # (B,)
+    return token, torch.log(inner.gather(1, i[:, None]).squeeze(1)).float()
+
+
+def _last_positive(mass: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last entry > 0 in each row of ``mass`` (B, M)."""
+    index = torch.arange(mass.shape[1], device=mass.device).expand_as(mass)
+    return torch.where(mass > 0, index, -1).amax(dim=-1).clamp(min=0)
+
+
+def sample(z: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One token per row from softmax(z), (B,) int64: ``draw`` without the log-probability."""
+    return draw(z, seeds, step)[0]
 
 
 def row_seeds(base: int, prompt_ids: list[int], n: int) -> torch.Tensor:

@@ -70,8 +70,8 @@ def test_bad_input_names_the_argument():
 
 def test_hf_engine_sequences_by_hand():
     s, a = plan.QWEN25_1_5B, plan.Assumptions()
-    # per sequence: KV 4596 · 28,672 + step temporaries 34 · 151,936 + prefill 500 · (12·1536 + 6·8960)
-    per_seq = 131_776_512 + 5_165_824 + 36_096_000
+    # per sequence: KV 4596 · 28,672 + step temporaries 18 · 151,936 + prefill 500 · (12·1536 + 6·8960)
+    per_seq = 131_776_512 + 2_734_848 + 36_096_000
     free = int(a.gpu_bytes * 0.95) - 12 * QWEN_1_5B_PARAMS - plan.bf16_copy_bytes(s) - a.cuda_context_bytes
     assert plan.hf_engine_max_num_seqs(s, 500, 4096, a) == free // per_seq
     assert plan.hf_engine_max_num_seqs(s, 500, 8192, a) < free // per_seq

@@ -45,7 +45,7 @@ def test_thresholds_are_the_smallest_kept_processed_logit():
 
 
 def test_sampler_draws_from_the_softmax():
-    """Gumbel-max with the counter-based noise: empirical frequencies within 4 standard errors of softmax."""
+    """Inverse CDF with the counter-based uniforms: empirical frequencies within 4 standard errors of softmax."""
     z = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]])
     n = 40_000
     seeds = smp.row_seeds(7, list(range(n)), 1)
@@ -62,14 +62,25 @@ def test_sampler_is_batch_invariant_and_step_dependent():
     whole = smp.sample(z, seeds, step=5)
     parts = torch.cat([smp.sample(z[i:i + 5], seeds[i:i + 5], step=5) for i in range(0, 12, 5)])
     assert torch.equal(whole, parts)
-    assert not torch.equal(smp.uniform_noise(seeds, 5, 40), smp.uniform_noise(seeds, 6, 40))
+    assert not torch.equal(smp.uniform_noise(seeds, 5), smp.uniform_noise(seeds, 6))
     assert len(set(seeds.tolist())) == 12                                        # every completion its own stream
 
 
-def test_vocabulary_chunking_does_not_change_the_draw():
+def test_block_size_does_not_change_the_draw_and_logprob_is_the_softmax():
     z = torch.randn(6, 1000, generator=torch.Generator().manual_seed(4))
+    z[0, :990] = float("-inf")                                                  # mass only in the last block
     seeds = smp.row_seeds(2, [0, 1, 2], 2)
-    assert torch.equal(smp.sample(z, seeds, 7, chunk=1000), smp.sample(z, seeds, 7, chunk=97))
+    token, logp = smp.draw(z, seeds, 7, block=1000)
+    assert torch.equal(token, smp.draw(z, seeds, 7, block=97)[0])              # 97 does not divide 1000: padded
+    assert token[0] >= 990
+    torch.testing.assert_close(logp, z.log_softmax(-1).gather(1, token[:, None]).squeeze(1))
+
+
+def test_a_single_kept_token_is_always_drawn():
+    z = torch.full((64, 300), float("-inf"))
+    z[torch.arange(64), torch.arange(64) * 4] = 0.0
+    token, logp = smp.draw(z, smp.row_seeds(5, list(range(64)), 1), 0, block=32)
+    assert torch.equal(token, torch.arange(64) * 4) and logp.abs().max() == 0
 
 
 def test_noise_is_uniform():

@@ -48,7 +48,7 @@ V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights
   provided the trainer's cached-but-free blocks go back to the driver first (``torch.cuda.empty_cache()``).
 - HF engine instead of vLLM (the GPU box without vLLM): generation under autocast keeps the bf16 weight copies (2P),
   and per sequence its KV cache (prompt + completion tokens × 2·L·kv·2 bytes), the per-step (B, V) temporaries of
-  rapid's sampler — 28 bytes per (row × vocab) element measured by ``benchmarks.memory.sampler_cpu`` — plus the
+  rapid's sampler — 12 bytes per (row × vocab) element (V 151 936; 8 at V 32 768) measured by ``benchmarks.memory.sampler_cpu`` — plus the
   bf16 logits and their fp32 copy (6 bytes), and the prefill's no-grad working set over its prompt tokens,
   estimated as one layer's live tensors: 12h + 6i bytes per token.
 """
@@ -219,7 +219,7 @@ def max_num_seqs_for(s: ModelShape, gpu_memory_utilization: float, seq_tokens: i
     return plan(s, 1, False, gpu_memory_utilization, a)["vllm_kv_tokens"] // seq_tokens
 
 
-HF_STEP_BYTES_PER_ELEMENT = 28 + 2 + 4   # sampler (measured, sampler_cpu) + bf16 logits + their fp32 copy
+HF_STEP_BYTES_PER_ELEMENT = 12 + 2 + 4   # sampler (measured, sampler_cpu) + bf16 logits + their fp32 copy
 
 
 def hf_engine_max_num_seqs(s: ModelShape, prompt_tokens: int, max_new_tokens: int,

@@ -2,9 +2,10 @@
 
     python -m benchmarks.memory.sampler_cpu                          # B in {64, 256}, V in {32768, 151936}
 
-HFEngine samples every step itself (rapid.engines.hf._Sampler: temperature, optional top-k/top-p, counter-based
-Gumbel noise in float64 so a row's draw does not depend on the batch), so each decoding step of a batch of B
-sequences allocates several (B, V) temporaries on top of the (B, V) fp32 logits. That per-step transient, with the
+HFEngine samples every step itself (rapid.engines.hf.HFEngine._pick: temperature, optional top-k/top-p, then
+rapid.sampling.draw — a softmax, block sums and an inverse CDF with one counter-based uniform per row, so a row's
+draw does not depend on the batch), so each decoding step of a batch of B sequences allocates (B, V) temporaries on
+top of the (B, V) fp32 logits. That per-step transient, with the
 KV cache, is what ``max_num_seqs`` bounds in the HF engine. Each (B, V) runs in a child process with glibc returning
 freed blocks at once (``MALLOC_MMAP_THRESHOLD_=65536``), and the peak resident-set growth of one call (after a
 warm-up) is divided by B·V. The sampler's operations and dtypes are the same on CUDA, so the per-element figure
@@ -29,15 +30,14 @@ def child(rows: int, vocab: int, top_p: float) -> float:
     from benchmarks.kernels.harness import peak_memory_mb
     from rapid import sampling
     from rapid.engines.base import SamplingConfig
-    from rapid.engines.hf import _Sampler
+    from rapid.engines.hf import HFEngine
 
     torch.set_num_threads(1)
     cfg = SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=top_p, seed=0)
     seeds = sampling.row_seeds(0, list(range(rows)), 1)                                     # (B,)
     scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0))          # (B, V) fp32
-    ids = torch.zeros(rows, 1, dtype=torch.long)                                           # (B, 1)
-    _Sampler(cfg, seeds)(ids, scores)                                                      # warm-up
-    return peak_memory_mb(lambda: _Sampler(cfg, seeds)(ids, scores), "cpu")
+    HFEngine._pick(scores, cfg, seeds, 0)                                                  # warm-up
+    return peak_memory_mb(lambda: HFEngine._pick(scores, cfg, seeds, 0), "cpu")
 
 
 def measure(rows: int, vocab: int, top_p: float = 1.0) -> float:

@@ -1,20 +1,25 @@
-"""HFEngine: batched sampling with transformers ``generate`` on the trainer's own model object (zero copy).
+"""HFEngine: batched sampling on the trainer's own model object (zero copy), with rapid's own decode loop.
 
-The behaviour distribution must be exactly the one the trainer's log π describes (DESIGN.md section 1), so rapid
-does the sampling itself and lets ``generate`` only run the model and the KV cache:
+The behaviour distribution must be exactly the one the trainer's log π describes (DESIGN.md section 1), so the
+engine runs the model's forward and KV cache itself and samples with ``rapid.sampling`` — never ``generate``, whose
+logits processors and the model's ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty=1.05``;
+others set n-gram blocks, min lengths, bad words, forced tokens) would reshape sampling behind the trainer's back.
 
-- ``generate`` runs in greedy mode with one logits processor, ``_Sampler``, last in the list. It turns the raw
-  scores into the processed distribution (temperature, top-k, top-p: ``rapid.sampling.truncate``), draws one token
-  per row with ``rapid.sampling.sample`` (counter-based noise: a row's draw does not depend on the batch), records
-  its log-prob, and hands back scores whose argmax is that token. After ``generate`` the returned tokens are
-  checked against the recorded draws, so nothing after the sampler can have changed them unnoticed.
-- The model's ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty=1.05``; others set n-gram blocks,
-  min lengths, bad words, forced tokens) is swapped for a pristine one during the call: transformers fills every
-  unset field of the config we pass from it, which would shape sampling behind the trainer's back.
-- Sequences are generated ``max_num_seqs`` at a time (a 512 × 16 rollout is never one ``generate`` batch); with
-  the batch-invariant sampler the result does not depend on the chunking.
-- ``dtype``: with fp32 master weights and a 16-bit compute dtype, generation runs under ``torch.autocast`` — the
-  engine sees the weights cast to its dtype, as the training forward does.
+One call, for P prompts × n samples, ``max_num_seqs`` sequences at a time:
+
+1. **Prefill each distinct prompt once** (left-padded, positions from the attention mask, only the last position's
+   logits), then repeat its KV cache for its n samples (``DynamicCache.reorder_cache``): a group of 8 pays one
+   prompt forward, not 8.
+2. **Decode** one token per running row per step: temperature / top-k / top-p (``sampling.truncate``), then
+   ``sampling.draw`` — inverse CDF with one counter-based uniform per row and step, so a row's draw does not depend
+   on the batch (the rollout is the same for any ``max_num_seqs``) — or argmax when temperature is 0 (evaluation).
+   The draw's log-probability is log μ.
+3. **Stop** a row at an EOS id (kept), at a stop string (tokens through the one that completed it; the text is cut
+   before it, as vLLM does), or at ``max_new_tokens``. Finished rows leave the batch (their cache rows dropped)
+   once an eighth of it has finished, so the tail of a rollout does not pay for rows that are done.
+
+``dtype``: with fp32 master weights and a 16-bit compute dtype, generation runs under ``torch.autocast`` — the
+engine sees the weights cast to its dtype, as the training forward does.
 """
 
 from __future__ import annotations
@@ -24,65 +29,18 @@ import logging
 import time
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache
 
 from .. import sampling as smp
 from .base import Rollout, SamplingConfig
 
 logger = logging.getLogger(__name__)
 
-
-class _Sampler(LogitsProcessor):
-    """Samples each step itself and records log μ(sampled token) of the processed distribution.
-
-    Stop strings: after each draw the tail of every running row is decoded; a row whose text now contains a stop
-    string keeps ``cut[b]`` tokens and is sent EOS next (so ``generate`` stops computing it; the forced EOS is
-    cut off again afterwards).
-    """
-
-    def __init__(self, sampling: SamplingConfig, seeds: torch.Tensor, tokenizer=None, eos_id: int = 0) -> None:
-        self.sampling = sampling
-        self.seeds = seeds                      # (B,) int64 per-row seeds
-        self.tokens: list[torch.Tensor] = []    # per step (B,) int64
-        self.logprobs: list[torch.Tensor] = []  # per step (B,) fp32
-        self.stop = list(sampling.stop or ())
-        self.tokenizer, self.eos_id = tokenizer, eos_id
-        self.cut: list[int | None] = [None] * len(seeds)     # kept length of rows ended by a stop string
-        self._window = max((len(x) for x in self.stop), default=0) + 4
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        s = self.sampling
-        self._check_stops()
-        raw = scores.float()                                                          # (B, V)
-        if s.temperature == 0:                                                        # greedy (evaluation)
-            z = raw
-            token = torch.argmax(z, dim=-1)                                           # (B,)
-        else:
-            z = smp.truncate(raw / s.temperature, s.top_k, s.top_p)                   # (B, V)
-            token = smp.sample(z, self.seeds.to(z.device), len(self.tokens))          # (B,)
-        if self.stop:
-            done = [b for b, c in enumerate(self.cut) if c is not None]
-            if done:
-                token[done] = self.eos_id                                             # stopped rows: end them
-        logp = torch.log_softmax(z, dim=-1).gather(1, token[:, None]).squeeze(1)      # (B,)
-        self.tokens.append(token)
-        self.logprobs.append(logp)
-        forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(1, token[:, None], 0.0)                                # argmax = the draw
-
-    def _check_stops(self) -> None:
-        if not self.stop or not self.tokens:
-            return
-        tail = torch.stack(self.tokens[-self._window:], 1).tolist()                   # (B, ≤ window)
-        for b, row in enumerate(tail):
-            if self.cut[b] is None:
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                if any(x in text for x in self.stop):
-                    self.cut[b] = len(self.tokens)
+COMPACT_FRACTION = 8          # drop finished rows from the batch once 1/8 of the running rows have finished
 
 
 class HFEngine:
-    """Engine protocol on top of ``model.generate``; the model is the trainer's, so sync_weights is a no-op.
+    """Engine protocol on the trainer's model; the model is the trainer's, so sync_weights is a no-op.
 
     ``SamplingConfig.temperature == 0`` means greedy decoding (used for evaluation).
     """
@@ -123,17 +81,18 @@ class HFEngine:
             raise ValueError(f"sampling.prompt_keys has {len(keys)} entries for {len(prompts)} prompts")
         base = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
         seeds = smp.row_seeds(base, keys, n)                                               # (P*n,)
-        flat = [ids for ids in prompt_ids for _ in range(n)]                 # completion i ↔ prompt i // n
-        chunk = self.max_num_seqs or len(flat)
+        total = len(prompts) * n                                           # completion i ↔ prompt i // n
+        chunk = self.max_num_seqs or total
         was_training = self.model.training
         self.model.eval()
         completion_ids: list[list[int]] = []
         logprobs: list[torch.Tensor] = []
         finished: list[bool] = []
         try:
-            with self._autocast(), _pristine_generation_config(self.model):
-                for lo in range(0, len(flat), chunk):
-                    ids, lps, fin = self._generate_chunk(flat[lo:lo + chunk], sampling, seeds[lo:lo + chunk])
+            with self._autocast():
+                for lo in range(0, total, chunk):
+                    rows = list(range(lo, min(lo + chunk, total)))
+                    ids, lps, fin = self._generate_chunk(prompt_ids, [i // n for i in rows], sampling, seeds[rows])
                     completion_ids += ids
                     logprobs += lps
                     finished += fin
@@ -156,37 +115,74 @@ class HFEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: torch.Tensor):
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompt_ids)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)  # (B, P)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids],
-                                      device=self.device)                                              # (B, P)
-        sampler = _Sampler(sampling, seeds, self.tokenizer, self.eos_ids[0])
-        gen_config = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=self.eos_ids, bos_token_id=self.tokenizer.bos_token_id)
-        sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=gen_config,
-                                        logits_processor=LogitsProcessorList([sampler]))           # (B, P+T)
-        sampler._check_stops()                      # a stop string completed by the last drawn token
-        new_tokens = sequences[:, width:].cpu()                                                     # (B, T)
-        steps = new_tokens.shape[1]
-        drawn = torch.stack(sampler.tokens[:steps], 1).cpu() if steps else new_tokens             # (B, T)
-        token_lp = torch.stack(sampler.logprobs[:steps], 1).float().cpu() if steps else new_tokens.float()
-        ids_out, lps_out, fin_out = [], [], []
-        eos = set(self.eos_ids)
-        for row, drawn_row, lp_row, cut in zip(new_tokens.tolist(), drawn.tolist(), token_lp, sampler.cut):
-            end = next((i + 1 for i, t in enumerate(row) if t in eos), None)   # keep EOS, drop what follows
-            if cut is not None and (end is None or cut < end):
-                end = cut                                                      # ended by a stop string
-            length = end if end is not None else len(row)
-            if row[:length] != drawn_row[:length]:
-                raise RuntimeError("transformers generate returned tokens the rapid sampler did not draw: a logits "
-                                   "processor after it changed the distribution (behaviour log-probs would be wrong)")
-            ids_out.append(row[:length])
-            lps_out.append(lp_row[:length].contiguous())
-            fin_out.append(end is not None)
-        return ids_out, lps_out, fin_out
+    def _generate_chunk(self, prompt_ids: list[list[int]], of_row: list[int], sampling: SamplingConfig,
+                        seeds: torch.Tensor) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
+        """Sample one completion per row; row r continues prompt ``prompt_ids[of_row[r]]`` with seed ``seeds[r]``."""
+        device, pad = self.device, self.tokenizer.pad_token_id
+        distinct = sorted(set(of_row))
+        width = max(len(prompt_ids[p]) for p in distinct)
+        ids = torch.tensor([[pad] * (width - len(prompt_ids[p])) + prompt_ids[p] for p in distinct], device=device)
+        mask = torch.tensor([[0] * (width - len(prompt_ids[p])) + [1] * len(prompt_ids[p]) for p in distinct],
+                            device=device)                                                          # (U, W)
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        slot = {p: i for i, p in enumerate(distinct)}
+        expand = torch.tensor([slot[p] for p in of_row], device=device)                             # (B,)
+        cache = out.past_key_values
+        cache.reorder_cache(expand)                                        # each prompt's cache for its n rows
+        logits = out.logits[:, -1].float()[expand]                                                  # (B, V)
+        mask = mask[expand]                                                                         # (B, W)
+        position = mask.sum(-1, keepdim=True)                                                       # (B, 1)
+        rows = len(of_row)
+        alive = torch.arange(rows)                    # which original row each batch row is
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        lps: list[list[float]] = [[] for _ in range(rows)]
+        ended = [False] * rows
+        eos, stops = set(self.eos_ids), list(sampling.stop or ())
+        window = max((len(x) for x in stops), default=0) + 4
+        done_in_batch = 0
+        for step in range(sampling.max_new_tokens):
+            token, logp = self._pick(logits, sampling, seeds[alive], step)                         # (B,), (B,)
+            running = []
+            for j, (r, t, lp) in enumerate(zip(alive.tolist(), token.tolist(), logp.tolist())):
+                if ended[r]:
+                    continue
+                tokens[r].append(t)
+                lps[r].append(lp)
+                if t in eos or (stops and _hits_stop(self.tokenizer, tokens[r][-window:], stops)):
+                    ended[r] = True
+                    done_in_batch += 1
+                else:
+                    running.append(j)
+            if not running or step + 1 == sampling.max_new_tokens:
+                break
+            if done_in_batch * COMPACT_FRACTION >= len(alive):           # drop finished rows from the batch
+                keep = torch.tensor(running, device=device)
+                cache.reorder_cache(keep)
+                alive, token, mask, position = alive[keep.cpu()], token[keep], mask[keep], position[keep]
+                done_in_batch = 0
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)                           # (B, W+t+1)
+            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                             past_key_values=cache, use_cache=True)
+            position = position + 1
+            logits = out.logits[:, -1].float()                                                      # (B, V)
+        return tokens, [torch.tensor(x, dtype=torch.float32) for x in lps], ended
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, sampling: SamplingConfig, seeds: torch.Tensor, step: int):
+        """(token, log μ(token)) per row of the raw logits (B, V): argmax at temperature 0, else a draw from the
+        processed distribution."""
+        if sampling.temperature == 0:
+            token = logits.argmax(dim=-1)                                                          # (B,)
+            return token, torch.log_softmax(logits, dim=-1).gather(1, token[:, None]).squeeze(1)
+        z = smp.truncate(logits / sampling.temperature, sampling.top_k, sampling.top_p)           # (B, V)
+        return smp.draw(z, seeds.to(z.device), step)
+
+
+def _hits_stop(tokenizer, tail: list[int], stops: list[str]) -> bool:
+    text = tokenizer.decode(tail, skip_special_tokens=True)
+    return any(x in text for x in stops)
 
 
 def _before_stop(text: str, stop) -> str:
@@ -206,24 +202,6 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
             if name not in own:
                 raise ValueError(f"copy_weights: the target model has no parameter {name!r}")
             own[name].copy_(tensor)
-
-
-@contextlib.contextmanager
-def _pristine_generation_config(model: torch.nn.Module):
-    """Swap every ``generation_config`` reachable from ``model`` (peft wrapper, base model) for a pristine one."""
-    owners, seen = [], set()
-    for candidate in (model, getattr(model, "base_model", None), getattr(model, "model", None),
-                      model.get_base_model() if hasattr(model, "get_base_model") else None):
-        if candidate is not None and id(candidate) not in seen and hasattr(candidate, "generation_config"):
-            seen.add(id(candidate))
-            owners.append((candidate, candidate.generation_config))
-    try:
-        for owner, _ in owners:
-            owner.generation_config = GenerationConfig()
-        yield
-    finally:
-        for owner, original in owners:
-            owner.generation_config = original
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

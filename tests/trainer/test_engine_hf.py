@@ -66,3 +66,49 @@ def test_seeded_sampling_is_reproducible_and_greedy_works(tiny):
     g1 = engine.generate(["1+2=", "3+3="], 1, SamplingConfig(max_new_tokens=5, temperature=0.0))
     g2 = engine.generate(["1+2=", "3+3="], 1, SamplingConfig(max_new_tokens=5, temperature=0.0, seed=3))
     assert g1.completion_ids == g2.completion_ids
+
+
+def _eos_prone():
+    """A tiny model whose EOS is likely (not certain) after "5+5=": rows finish at different steps."""
+    from rapid.tiny import build_tiny
+
+    model, tok = build_tiny(tie_word_embeddings=False, seed=0)
+    with torch.no_grad():
+        hidden = model.model(torch.tensor([tok("5+5=")["input_ids"]])).last_hidden_state[0, -1]     # (D,)
+        model.lm_head.weight[tok.eos_token_id] += 1.0 * hidden / hidden.norm() ** 2
+    return model, tok
+
+
+def test_greedy_equals_transformers_greedy_generate():
+    """The own decode loop (shared prefill, repeated cache, finished rows dropped) is the model's greedy decode."""
+    from transformers import GenerationConfig
+
+    model, tok = _eos_prone()
+    prompts = ["5+5=", "12+7=", "300+45=", "1+1="]                 # different lengths: left padding in the prefill
+    ours = HFEngine(model, tok).generate(prompts, 2, SamplingConfig(max_new_tokens=7, temperature=0.0))
+    assert any(ours.finished) and not all(ours.finished)
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                             generation_config=GenerationConfig(do_sample=False, max_new_tokens=7,
+                                                                eos_token_id=tok.eos_token_id,
+                                                                pad_token_id=tok.pad_token_id))
+        expected = out[0, ids.shape[1]:].tolist()
+        expected = expected[:expected.index(tok.eos_token_id) + 1] if tok.eos_token_id in expected else expected
+        assert ours.completion_ids[2 * i] == ours.completion_ids[2 * i + 1] == expected
+
+
+def test_dropping_finished_rows_and_sharing_the_prefill_do_not_change_the_rollout(monkeypatch):
+    import rapid.engines.hf as hf
+
+    model, tok = _eos_prone()
+    prompts, sampling = ["5+5=", "7+1=", "5+5="], SamplingConfig(max_new_tokens=8, temperature=1.0, seed=9)
+    shared = HFEngine(model, tok).generate(prompts, 6, sampling)
+    assert 0 < sum(shared.finished) < len(shared.finished)
+    monkeypatch.setattr(hf, "COMPACT_FRACTION", 0)                         # never drop a finished row
+    kept = HFEngine(model, tok).generate(prompts, 6, sampling)
+    one_by_one = HFEngine(model, tok, max_num_seqs=1).generate(prompts, 6, sampling)   # a prefill per sequence
+    for other in (kept, one_by_one):
+        assert other.completion_ids == shared.completion_ids and other.finished == shared.finished
+        for a, b in zip(other.logprobs, shared.logprobs):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
