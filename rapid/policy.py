@@ -25,7 +25,7 @@ from . import algorithms, sampling
 from .algorithms import LossResult
 from .config import RapidConfig
 from .distributed import Dist, full_tensor, no_sync, parallelize
-from .forward import check_packing, completion_hidden, model_parts
+from .forward import check_packing, check_sharing, completion_hidden, model_parts
 
 
 def resolve_dtype(cfg: RapidConfig, device: torch.device) -> torch.dtype:
@@ -129,8 +129,11 @@ class Policy:
         _to_master(model, self.compute_dtype)
         self.model = model
         self.loss_module = PolicyLoss(model.to(device), cfg, self.compute_dtype)
-        self.loss_module.parts.packed = check_packing(self.loss_module.parts.base, device,
-                                                      self.loss_module.parts.weight.shape[0])
+        parts = self.loss_module.parts
+        parts.packed = check_packing(parts.base, device, parts.weight.shape[0])
+        # the prompt once per group (its K/V cache shared by the completions); HF turns the cache off under
+        # gradient checkpointing, so that path keeps the packed forward
+        parts.shared = not cfg.gradient_checkpointing and check_sharing(parts.base, device, parts.weight.shape[0])
         # the one place parallelism is applied (DDP / FSDP2 under torchrun; unwrapped at world size 1), before the
         # optimizer is built: FSDP2 replaces the parameters with sharded ones
         self.module: torch.nn.Module = parallelize(self.loss_module, cfg.parallel, self.compute_dtype, device,

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=DEFAULT_RUNS)
     p.add_argument("--out", default=None)
     p.add_argument("--gpu", action="store_true", help="qwen0.5b-random + vLLM, 256 new tokens, 8192 samples")
-    p.add_argument("--model", choices=("tiny", "mid", "qwen0.5b-random"), default=None)
+    p.add_argument("--model", choices=("tiny", "mid", "qwen0.5b-random", "smollm2"), default=None)
     p.add_argument("--engine", choices=("auto", "hf", "vllm"), default=None)
     p.add_argument("--budget-samples", type=int, default=None)
     p.add_argument("--group-size", type=int, default=None)

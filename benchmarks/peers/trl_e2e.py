@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--model", choices=("tiny", "mid"), default="tiny")
+    p.add_argument("--model", choices=("tiny", "mid", "smollm2"), default="tiny")
     p.add_argument("--budget-samples", type=int, default=1024)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=8)
