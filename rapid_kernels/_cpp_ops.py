@@ -106,7 +106,8 @@ def _(grad, hidden, weight, targets, bias, lse, temperature, chunk, softcap, thr
       need_bias):
     d_hidden = hidden.new_empty(hidden.shape if need_hidden else (0,))
     d_weight = weight.new_empty(weight.shape if need_weight else (0,))
-    d_bias = bias.new_empty(bias.shape) if (need_bias and bias is not None) else hidden.new_empty(0, dtype=torch.float32)
+    d_bias = (bias.new_empty(bias.shape) if (need_bias and bias is not None)
+              else hidden.new_empty(0, dtype=torch.float32))
     return d_hidden, d_weight, d_bias
 
 

@@ -102,8 +102,9 @@ def _linear_token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, targets_ptr, thr_ptr,
     s = tl.zeros((BLOCK_M,), dtype=tl.float32)                                         # Σ exp2(z2 − m2)
     t = tl.zeros((BLOCK_M,), dtype=tl.float32)                                         # Σ exp2(z2 − m2) · z2
     for v0 in range(v_lo, v_hi, BLOCK_N):
-        raw = _raw_tile(h_base, w_ptr + tl.cast(v0, tl.int64) * stride_wv, b_ptr + v0, N - row0, v_hi - v0, D, stride_hn,
-                        stride_hd, stride_wv, stride_wd, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        raw = _raw_tile(h_base, w_ptr + tl.cast(v0, tl.int64) * stride_wv, b_ptr + v0, N - row0, v_hi - v0, D,
+                        stride_hn, stride_hd, stride_wv, stride_wd, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N,
+                        BLOCK_K)
         z2 = _kept(process(raw, inv_t * LOG2E, softcap, HAS_SOFTCAP), v_hi - v0, target - v0, thr2, HAS_THRESHOLD,
                    BLOCK_N)                                                            # (BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m2, tl.max(z2, axis=1))
@@ -167,7 +168,8 @@ def _linear_token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, targets_ptr, thr_ptr,
     p = tl.exp2(z2 - lse2[:, None])                                                      # 0 where dropped
     z = tl.where(keep, z2 * 0.6931471805599453, 0.0)             # dropped entries: no inf arithmetic in slope
     dz = tl.where(keep, g[:, None] * slope(z, inv_t, softcap, HAS_SOFTCAP) * (onehot - p), 0.0)   # 0 outside K
-    out = dz_ptr + row0.to(tl.int64) * stride_dz + (c0 - v0) + (tl.arange(0, BLOCK_M)[:, None] * stride_dz + rn[None, :])
+    out = (dz_ptr + row0.to(tl.int64) * stride_dz + (c0 - v0)
+           + (tl.arange(0, BLOCK_M)[:, None] * stride_dz + rn[None, :]))
     tl.store(out, dz.to(dz_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn < v_end - c0)[None, :])
 
 

@@ -90,8 +90,8 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
 # ------------------------------------------------------------------------------------------ linear + token log-probs
 def _chunk_raw(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int,
                dtype: torch.dtype) -> torch.Tensor:
-    l = hidden.to(dtype) @ weight[start:stop].to(dtype).T                              # (N, C) raw logits
-    return l if bias is None else l + bias[start:stop].to(dtype)
+    raw = hidden.to(dtype) @ weight[start:stop].to(dtype).T                            # (N, C) raw logits
+    return raw if bias is None else raw + bias[start:stop].to(dtype)
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):

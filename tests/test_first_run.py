@@ -90,7 +90,7 @@ def test_coerce_leaves_ambiguous_values_for_the_config_check():
     assert coerce_field("max_grad_norm", "none", float | None) is None
 
 
-# --- flags that need each other, task options, paths -----------------------------------------------------------------
+# --- flags that need each other, task options, paths ------------------------------------------------------------------
 
 def test_resume_without_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -156,7 +156,7 @@ def test_output_dir_checked_up_front(tmp_path, capsys):
     assert "output_dir" in capsys.readouterr().err
 
 
-# --- --model tiny -------------------------------------------------------------------------------------------------------
+# --- --model tiny -----------------------------------------------------------------------------------------------------
 
 def test_tiny_uses_the_warm_start_settings_unless_given(tmp_path):
     out = str(tmp_path / "o")
@@ -204,7 +204,7 @@ def test_load_tiny_reads_the_demo_cache(tmp_path, monkeypatch):
     assert resolve_model_arg("tiny")[0].config.vocab_size == marker.config.vocab_size
 
 
-# --- import rapid, logging ---------------------------------------------------------------------------------------------
+# --- import rapid, logging --------------------------------------------------------------------------------------------
 
 def test_import_rapid_is_cheap_and_subpackages_are_reachable():
     code = ("import sys, rapid; heavy = [m for m in ('transformers', 'vllm', 'torch') if m in sys.modules]; "

@@ -1,5 +1,7 @@
 """On-policy |log w| per sampling setting, HF engine (rapid.train, H = 1) — numbers for RESULTS.md."""
-import json, sys, torch
+import json
+import sys
+import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import rapid
 from rapid.tiny import build_tiny
@@ -13,7 +15,8 @@ if __name__ == "__main__":
     for s in settings:
         for hostile_cfg in (False, True):
             m, t = build_tiny(seed=0)
-            if hostile_cfg: hostile(m)
+            if hostile_cfg:
+                hostile(m)
             cfg = small_config(num_rollouts=1, prompts_per_rollout=4, prompts_per_step=4, max_new_tokens=6, **s)
             h = rapid.train(m, PROMPTS, digits_reward, cfg, tokenizer=t).history[0]
             print(json.dumps({"setting": s, "hostile_generation_config": hostile_cfg,

@@ -48,7 +48,8 @@ V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights
   provided the trainer's cached-but-free blocks go back to the driver first (``torch.cuda.empty_cache()``).
 - HF engine instead of vLLM (the GPU box without vLLM): generation under autocast keeps the bf16 weight copies (2P),
   and per sequence its KV cache (prompt + completion tokens × 2·L·kv·2 bytes), the per-step (B, V) temporaries of
-  rapid's sampler — 12 bytes per (row × vocab) element (V 151 936; 8 at V 32 768) measured by ``benchmarks.memory.sampler_cpu`` — plus the
+  rapid's sampler — 12 bytes per (row × vocab) element (V 151 936; 8 at V 32 768) measured by
+  ``benchmarks.memory.sampler_cpu`` — plus the
   bf16 logits and their fp32 copy (6 bytes), and the prefill's no-grad working set over its prompt tokens,
   estimated as one layer's live tensors: 12h + 6i bytes per token.
 """

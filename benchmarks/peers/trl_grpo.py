@@ -112,7 +112,6 @@ def run_trl(args) -> dict:
         rewards.extend(r)
         return r
 
-    samples_per_step = args.group_size * args.prompts_per_step
     with tempfile.TemporaryDirectory() as tmp:
         config = trl_config(tmp, args, args.h, args.steps, task.max_new_tokens)
         trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=config,

@@ -386,7 +386,7 @@ def _module_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         layer = module.base_layer
         weight = layer.weight
         if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
-            adapters = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))   # embeddings: lora_embedding_*
+            adapters = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))   # embeddings' names
             for name in module.active_adapters:
                 if name in adapters:
                     weight = weight + module.get_delta_weight(name).to(weight.dtype)

@@ -69,5 +69,5 @@ def chat_template_decision(mode: str, tokenizer, model=None) -> tuple[bool, str]
     ending = next((e for e in eos if e and e in after), None)
     if ending is not None:
         return True, f"auto: the chat template ends assistant turns with the model's EOS {ending!r} (an instruct model)"
-    return False, (f"auto: the chat template never ends a turn with the model's EOS ({', '.join(map(repr, eos)) or 'none'}"
-                   "): a base model's template")
+    ends = ", ".join(map(repr, eos)) or "none"
+    return False, f"auto: the chat template never ends a turn with the model's EOS ({ends}): a base model's template"

@@ -42,7 +42,8 @@ def _free_port() -> int:
 
 def _child(fn: Callable, rank: int, world_size: int, port: int, out: str, start, args: tuple) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     start.wait(60)          # imports done on every rank: short rendezvous timeouts in the tests stay safe
     try:

@@ -78,7 +78,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp
     checkpoints = sorted(p for p in root.iterdir() if p.name.startswith("rollout-"))
     assert [p.name for p in checkpoints] == ["rollout-000004", "rollout-000005"]
     newest = checkpoints[-1]
-    victim = max((p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 1000), key=lambda p: p.stat().st_size)
+    victim = max((p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 1000),
+                 key=lambda p: p.stat().st_size)
     if damage == "truncate":
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     else:

@@ -68,7 +68,8 @@ def test_overlong_penalty_reward_function_counts_tokens_or_characters():
 
 def test_format_reward_full_match_search_and_pickling():
     fmt = format_reward(r"<think>.*</think>\s*<answer>.*</answer>")
-    completions = ["<think>a\nb</think>\n<answer>4</answer>", "<answer>4</answer>", "x <think></think><answer>1</answer>"]
+    completions = ["<think>a\nb</think>\n<answer>4</answer>", "<answer>4</answer>",
+                   "x <think></think><answer>1</answer>"]
     assert fmt(["p"] * 3, completions) == [1.0, 0.0, 0.0]
     anywhere = format_reward(r"\\boxed\{.+\}", search=True, value=0.5)
     assert anywhere(["p"] * 2, ["so \\boxed{3}.", "3"]) == [0.5, 0.0]

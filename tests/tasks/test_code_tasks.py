@@ -52,8 +52,8 @@ def test_humaneval_instruct_style_answers_are_graded_through_the_task_columns():
     task = get_task("humaneval", limit=20, n_eval=5)
     problems = {p["task_id"]: p for p in load_problems()}
     rows = task.eval
-    fenced = [f"Here it is:\n```python\n{problems[r['task_id']]['prompt']}{problems[r['task_id']]['canonical_solution']}"
-              f"```\nDone." for r in rows]
+    programs = [problems[r["task_id"]]["prompt"] + problems[r["task_id"]]["canonical_solution"] for r in rows]
+    fenced = [f"Here it is:\n```python\n{p}```\nDone." for p in programs]
     columns = task.columns(rows)
     assert task.reward_fn([r["prompt"] for r in rows], fenced, **columns) == [1.0] * len(rows)
     assert task.reward_fn([r["prompt"] for r in rows], ["```python\nprint(1)\n```"] * len(rows), **columns) == \

@@ -185,7 +185,7 @@ def test_registry():
 def test_one_digit_arithmetic_has_training_data_and_a_clear_error_when_not():
     from rapid.tasks.arithmetic import make_arithmetic_task
 
-    task = make_arithmetic_task(difficulty=1)                  # 100 problems: the default split must leave training rows
+    task = make_arithmetic_task(difficulty=1)          # 100 problems: the default split must leave training rows
     assert len(task.train) == 80 and len(task.eval) == 20
     assert not {r["prompt"] for r in task.train} & {r["prompt"] for r in task.eval}
     with pytest.raises(ValueError, match="n_eval"):
