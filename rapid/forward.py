@@ -186,12 +186,17 @@ def check_packing(base: torch.nn.Module, device: torch.device, vocab_size: int) 
         sep = torch.cat([packed_hidden(base, [p], [c], device) for p, c in ((a[:2], a[2:]), (b[:3], b[3:]))])
     finally:
         base.train(was_training)
-    err = (packed.float() - sep.float()).abs().max().item()
-    scale = sep.float().abs().max().item() + 1e-6
-    ok = err <= 1e-3 * scale if packed.dtype == torch.float32 else err <= 3e-2 * scale
+    return _agrees(packed, sep, "packed forward differs from unpacked (max err %.3g): falling back to right-padded "
+                   "batches")
+
+
+def _agrees(got: torch.Tensor, want: torch.Tensor, warning: str) -> bool:
+    """``got`` equals ``want`` to its dtype's noise (1e-3 of the scale in fp32, 3e-2 in 16-bit); else log."""
+    err = (got.float() - want.float()).abs().max().item()
+    scale = want.float().abs().max().item() + 1e-6
+    ok = err <= (1e-3 if want.dtype == torch.float32 else 3e-2) * scale
     if not ok:
-        logger.warning("packed forward differs from unpacked (max err %.3g): falling back to right-padded batches",
-                       err)
+        logger.warning(warning, err)
     return ok
 
 
@@ -212,9 +217,4 @@ def check_sharing(base: torch.nn.Module, device: torch.device, vocab_size: int) 
         return False
     finally:
         base.train(was_training)
-    err = (shared.float() - packed.float()).abs().max().item()
-    scale = packed.float().abs().max().item() + 1e-6
-    ok = err <= 1e-3 * scale if packed.dtype == torch.float32 else err <= 3e-2 * scale
-    if not ok:
-        logger.warning("shared-prompt forward differs from packed (max err %.3g): not used", err)
-    return ok
+    return _agrees(shared, packed, "shared-prompt forward differs from packed (max err %.3g): not used")

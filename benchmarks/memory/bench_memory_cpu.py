@@ -150,7 +150,7 @@ def child(spec: dict) -> dict:
     import torch
 
     import rapid
-    import rapid.trainer
+    import rapid.loop
 
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
@@ -164,7 +164,7 @@ def child(spec: dict) -> dict:
         engine="hf", progress_bar=False, seed=spec["seed"])
     rows = prompt_rows(spec["prompts_per_rollout"])
     phases = PhasePeaks()
-    phases.install(rapid.trainer)                     # train() looks these names up in its module at call time
+    phases.install(rapid.loop)                        # the run loop looks these names up in its module at call time
     gc.collect()
     before, setup_peak = _rss_mb(), _maxrss_mb()
     _reset_hwm()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rapid
-from rapid import trainer
+from rapid import loop as trainer   # the run loop (rapid.train builds it): update and the engine process
 from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
 from rapid.tiny import build_tiny
