@@ -52,8 +52,11 @@ def capture_step_grads(monkeypatch) -> list[dict[str, torch.Tensor]]:
     return steps
 
 
-def assert_same_grads(a: list[dict], b: list[dict], rtol: float = 1e-4) -> None:
-    """Every step's gradients equal to ``rtol`` of that tensor's largest entry (fp32 noise, not a wrong sum)."""
+def assert_same_grads(a: list[dict], b: list[dict], rtol: float = 3e-4) -> None:
+    """Every step's gradients equal to ``rtol`` of that tensor's largest entry (fp32 noise, not a wrong sum).
+
+    fp32 summation order differs by CPU: the cpp fused loss vs the eager reference reached 1.06e-4 on an AVX2-only
+    EPYC (2026-12-08) and stayed under 1e-4 on AVX-512 boxes; a wrong sum or a missing term is >= 1e-2."""
     assert len(a) == len(b) and a
     for ga, gb in zip(a, b):
         assert ga.keys() == gb.keys()
