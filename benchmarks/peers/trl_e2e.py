@@ -118,10 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     rewards: list[float] = []
 
     def reward(prompts, completions, **columns):
+        # conversational rows (a chat model, below): TRL hands over the assistant message; score its text
+        completions = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         r = task.reward_fn(prompts, completions, **columns)
         rewards.extend(r)
         return r
 
+    # The same prompts rapid trains on: where rapid applies the chat template to string prompts, TRL gets them as
+    # conversations (TRL applies the template, with the generation prompt, only to conversational rows).
+    train_rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in task.train] if template \
+        else task.train
     if texts:
         curve.append({"train_s": 0.0, "wall_s": 0.0, "samples": 0, "accuracy": accuracy(model)})
     load_start = os.getloadavg()[0]
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = trl_config(tmp, args, h, steps, max_new)
         trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=config,
-                              train_dataset=Dataset.from_list(task.train), callbacks=[Timer()])
+                              train_dataset=Dataset.from_list(train_rows), callbacks=[Timer()])
         trainer.train()
     wall = time.perf_counter() - t_wall
     ends = clock["ends"]
