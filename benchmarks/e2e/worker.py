@@ -37,7 +37,7 @@ import torch
 from rapid.profiling import device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from setups import setup, tiny_setup  # noqa: E402  (tiny_setup: re-exported for benchmarks/peers)
+from setups import setup  # noqa: E402
 from timeline import load_clock, wall_numbers  # noqa: E402
 
 

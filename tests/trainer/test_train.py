@@ -3,7 +3,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 import rapid
 from rapid import policy

@@ -4,7 +4,6 @@ filter_groups (zero-variance groups skipped without changing the on-policy updat
 import json
 
 import pytest
-import torch
 
 import rapid
 from rapid.engines.base import SamplingConfig
