@@ -5,6 +5,8 @@ run in the trusted parent while the code under test stays in the sandbox: the te
 ``candidate``; each call sends the arguments to the child as plain data, the child calls the real function, and
 only the returned value (ints, floats, strings, lists, tuples, dicts, sets, ...; anything else is an opaque value
 equal to nothing) comes back. The program never sees the test, its expected values or its assertions.
+``lookup`` hands the test the program's other module-level names the same way (its helpers as proxies, its plain
+values as copies), for tests that share the candidate's namespace as in HumanEval's harness.
 
     with open_program(source, SandboxLimits(timeout_s=5)) as program:
         add = program.function("add")
@@ -98,6 +100,37 @@ class SandboxedProgram:
             return from_wire(reply.get("value"))
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise SandboxedError("BadValue") from exc
+
+    def lookup(self, names: list[str]) -> dict[str, object]:
+        """The program's module-level ``names``, as a test that shares its namespace sees them: a
+        ``SandboxedFunction`` for each callable, a plain-data copy of each other value; names the module lacks (or
+        whose value cannot travel) are left out. Only the names asked for come back, whatever the program replies.
+        Raises ``SandboxGone`` like ``call``."""
+        names = [str(n) for n in names]
+        if not names:
+            return {}
+        if not self.loaded:
+            raise SandboxGone(f"the program is not running ({self._session.status or 'failed to load'})")
+        call_id = next(self._ids)
+        self._session.send({"id": call_id, "lookup": names})
+        session = self._session
+        if not session.wait_until(lambda: call_id in session.replies):
+            raise SandboxGone(f"no answer from the program ({session.status})")
+        reply = session.replies.pop(call_id)
+        callables, values = reply.get("callables"), reply.get("values")
+        callables = set(callables) & set(names) if isinstance(callables, list) and all(
+            isinstance(n, str) for n in callables) else set()
+        values = values if isinstance(values, dict) else {}
+        found: dict[str, object] = {}
+        for name in names:
+            if name in callables:
+                found[name] = self.function(name)
+            elif name in values:
+                try:
+                    found[name] = from_wire(values[name])
+                except (ValueError, TypeError, OverflowError, RecursionError):
+                    continue
+        return found
 
     def close(self) -> SandboxResult:
         """Stop the program (it gets end-of-input on its request channel, then is killed), sweep, and report."""
