@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from types import CodeType
 
 from .sandbox import SandboxLimits, run_sandboxed, run_stdio
-from .sandbox_calls import SandboxGone, open_program
+from .sandbox.calls import SandboxGone, open_program
 
 _JUDGE_BUILTINS = {
     name: getattr(builtins, name) for name in (

@@ -29,7 +29,7 @@ from typing import Sequence
 
 from .code_judges import (compile_test_program, judge_test, run_asserts, run_stdio_cases, run_test_program,
                           split_test)
-from ._sandbox_host import package_locations
+from .sandbox._host import package_locations
 from .sandbox import SandboxLimits
 
 logger = logging.getLogger(__name__)

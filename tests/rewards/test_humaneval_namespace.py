@@ -10,7 +10,7 @@ import pytest
 
 from rapid.rewards import SandboxLimits, code_tests_reward
 from rapid.rewards.code_judges import module_references
-from rapid.rewards.sandbox_calls import SandboxedFunction, SandboxGone, open_program
+from rapid.rewards.sandbox.calls import SandboxedFunction, SandboxGone, open_program
 from rapid.tasks.humaneval import load_problems
 
 from .test_sandbox import leftovers

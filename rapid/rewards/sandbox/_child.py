@@ -1,4 +1,4 @@
-"""Trusted start-up code of one sandboxed program (run as ``python -I -S _sandbox_child.py``; stdlib only).
+"""Trusted start-up code of one sandboxed program (run as ``python -I -S _child.py``; stdlib only).
 
 The parent (``rapid.rewards.sandbox``) writes one JSON request on stdin. This script then, *before* any untrusted
 code runs: applies resource limits; moves into fresh network and IPC namespaces and a private mount namespace in
@@ -34,8 +34,8 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this directory, for the two trusted modules below
-from _sandbox_confine import confine  # noqa: E402
-from _sandbox_wire import from_wire, to_wire  # noqa: E402
+from _confine import confine  # noqa: E402
+from _wire import from_wire, to_wire  # noqa: E402
 
 del sys.path[0]  # nothing of rapid's own directory is importable by the program
 
