@@ -7,9 +7,15 @@
 * **test program** (HumanEval's ``def check(candidate): ...``, MBPP+'s input/result loops): the test source runs
   here, with ``candidate`` and the entry point's name bound to a ``SandboxedFunction`` whose calls go to the program
   and return plain values; if the test defines ``check``, ``check(candidate)`` is called. Pass = it finished without
-  an exception. The test may use helpers defined by the task's prompt code (HumanEval/32's ``poly``): the prompt
-  code is run here first, as trusted dataset code. The test's ``import random`` gets a private, seeded ``Random``
-  so tests are reproducible and never move the trainer's global random state.
+  an exception. The test sees the names of the module it is part of, as in HumanEval's harness (which runs prompt +
+  completion + test + ``check(entry_point)`` as one program): helpers defined by the task's prompt code
+  (HumanEval/32's ``poly``) come from running the prompt code here first, as trusted dataset code; any other global
+  the test reads and does not define (``module_references``) is looked up in the program's module — a function
+  becomes a proxy like ``candidate``, a plain value a copy. Builtins, ``check`` and the test's own names are never
+  taken from the program. Without ``prompt_code`` the helpers are the program's own, so a program can choose what
+  they return (as under HumanEval's harness); pass ``prompt_code`` to judge with the dataset's helpers. The test's
+  ``import random`` gets a private, seeded ``Random`` so tests are reproducible and never move the trainer's global
+  random state.
 * **stdin/stdout cases** (APPS, CodeContests, LiveCodeBench): ``[{"input": str, "output": str}, ...]``; the program
   runs once per case as ``__main__`` with the input on stdin; the captured stdout must equal the expected output
   after trailing whitespace is normalised (each line's, and trailing blank lines), and the program must exit
@@ -30,12 +36,13 @@ import builtins
 import functools
 import math
 import random
+import symtable
 import types
 from dataclasses import dataclass
 from types import CodeType
 
 from .sandbox import SandboxLimits, run_sandboxed, run_stdio
-from .sandbox_calls import SandboxGone, open_program
+from .sandbox.calls import SandboxGone, open_program
 
 _JUDGE_BUILTINS = {
     name: getattr(builtins, name) for name in (
@@ -121,6 +128,32 @@ def run_asserts(program: str, tests: list[str], limits: SandboxLimits | None = N
     return [judge_test(s, result.tests.get(i)) for i, s in enumerate(splits)]
 
 
+_NEVER_LOOKED_UP = frozenset({"check", "candidate"}) | frozenset(vars(builtins))
+
+
+@functools.lru_cache(maxsize=4096)
+def module_references(source: str) -> tuple[str, ...]:
+    """The global names a test program reads but never binds itself (at module level, by import, def or class, or
+    through a ``global`` statement): what it expects the module it runs in to provide — HumanEval/32's ``poly``.
+    Builtin names, ``check`` and ``candidate`` are never among them."""
+    try:
+        top = symtable.symtable(source, "<test program>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(f"test program is not valid Python: {exc}") from exc
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace()}
+    read: set[str] = set()
+    tables = [top]
+    while tables:
+        table = tables.pop()
+        tables.extend(table.get_children())
+        for symbol in table.get_symbols():
+            if symbol.is_global() and symbol.is_referenced():
+                read.add(symbol.get_name())
+            if symbol.is_declared_global() and (symbol.is_assigned() or symbol.is_imported()):
+                bound.add(symbol.get_name())
+    return tuple(sorted(n for n in read - bound if n not in _NEVER_LOOKED_UP and not n.startswith("__")))
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_test_program(source: str) -> CodeType:
     """A test program's code object; ValueError if it is not valid Python."""
@@ -165,6 +198,10 @@ def run_test_program(program: str, test: str, entry_point: str, limits: SandboxL
                     pass
         namespace[entry_point] = namespace["candidate"] = candidate
         try:
+            # what the test reads from the module it runs in and the trusted code above did not define: the
+            # program's own module-level names (HumanEval runs prompt + completion + test as one program)
+            wanted = [n for n in module_references(test) if n not in namespace]
+            namespace.update(sandboxed.lookup(wanted))
             exec(code, namespace)  # noqa: S102 - trusted dataset test code, in the parent by design
             check = namespace.get("check")
             if callable(check):

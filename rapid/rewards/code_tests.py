@@ -12,7 +12,8 @@ A completion is either a full program (in a fenced block, or unfenced code) or t
 code (HumanEval: the prompt ends inside the function, after its docstring). Pass the code the prompt shows as
 ``prompt_code``: a continuation (an indented body; anything after a closing fence is dropped) is appended to it; a
 fenced block, or code that defines ``entry_point`` itself, is run after it (so the prompt's imports and helpers are
-there, and the full definition replaces the stub).
+there, and the full definition replaces the stub). A test program reads the prompt's helpers (HumanEval/32's
+``poly``) from ``prompt_code`` when given, else from the program's own module, as HumanEval's harness would.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Sequence
 
 from .code_judges import (compile_test_program, judge_test, run_asserts, run_stdio_cases, run_test_program,
                           split_test)
-from ._sandbox_host import package_locations
+from .sandbox._host import package_locations
 from .sandbox import SandboxLimits
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Run one untrusted program in a confined subprocess and bring back what its functions returned or printed.
 
-Isolation, in the order it is set up (by ``_sandbox_child.py``, trusted code that runs before the program):
+Isolation, in the order it is set up (by ``_child.py``, trusted code that runs before the program):
 
 * a fresh temporary directory as cwd (removed afterwards), a scrubbed environment, stdin at /dev/null;
 * ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core files; a wall-clock limit enforced by
@@ -20,12 +20,17 @@ Isolation, in the order it is set up (by ``_sandbox_child.py``, trusted code tha
 
 Afterwards the process group is killed, then every process of the sandbox uid (repeated until none is left), then
 files owned by the uid in world-writable directories are removed (all of them on writable mounts when the mount
-namespace could not be made; see ``_sandbox_sweep``). Without root the sweep falls back to the process group and the
+namespace could not be made; see ``_host``). Without root the sweep falls back to the process group and the
 session (a program that calls ``setsid`` and forks can escape it).
 
 Three ways to talk to a program: ``run_sandboxed`` (evaluate expressions after it ran: assert tests),
-``run_stdio`` (run it once per stdin input, capture stdout) and ``open_program`` (call its functions from the parent
-one call at a time, with plain-data arguments and results: test programs such as HumanEval's ``check``).
+``run_stdio`` (run it once per stdin input, capture stdout) and ``calls.open_program`` (call its functions from the
+parent one call at a time, with plain-data arguments and results: test programs such as HumanEval's ``check``).
+
+The package: this module (limits, results, one sandboxed child process per run); ``calls`` (calling a running
+program's functions); ``_host`` (uid slots, hidden paths, the sweep: the parent's side); ``_child`` and
+``_confine`` (the trusted start-up script of the child and its confinement, stdlib only); ``_wire`` (the value
+format both sides share).
 """
 
 from __future__ import annotations
@@ -42,16 +47,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ._sandbox_host import (UID_BASE, UidSlot, hidden_paths, leftover_pids, package_locations, remove_files_of,
+from ._host import (UID_BASE, UidSlot, hidden_paths, leftover_pids, package_locations, remove_files_of,
                             sweep_processes)
-from ._sandbox_wire import Opaque, from_wire, to_wire
+from ._wire import Opaque, from_wire, to_wire
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["UID_BASE", "Opaque", "SandboxLimits", "SandboxResult", "from_wire", "isolation", "leftover_pids",
            "run_sandboxed", "run_stdio", "to_wire"]
 
-_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child.py")
 LANDLOCK = True
 """Confine writes with Landlock where no mount namespace can be made (tests turn it off to exercise the sweep)."""
 

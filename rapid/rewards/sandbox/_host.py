@@ -4,7 +4,7 @@ where its allowed packages live, and, after each program, killing every leftover
 The sandbox uid owns nothing outside its run, and (with no supplementary groups) can only create entries in its own
 working directory and in world-writable directories. Where the program cannot write anywhere else — a private mount
 namespace (read-only tree, private tmpfs that vanish with it) or, failing that, a Landlock ruleset that allows
-writes only in its working directory (both set up by ``_sandbox_child``) — nothing can be left outside the working
+writes only in its working directory (both set up by ``_child``) — nothing can be left outside the working
 directory, which the parent removes. The sweep of /tmp, /var/tmp, /dev/shm and /run/lock by owner here is the last
 line: it is all there is on a kernel with neither, where a world-writable directory elsewhere is not covered
 (finding them all means walking the whole file system: `find / -xdev -perm -0002` took 82 s on the dev box).

@@ -1,4 +1,4 @@
-"""Confinement of the sandbox child, applied before any untrusted code runs (stdlib only; see ``_sandbox_child``).
+"""Confinement of the sandbox child, applied before any untrusted code runs (stdlib only; see ``_child``).
 
 In order: resource limits; new network and IPC namespaces; descriptors to the interpreter's library and the
 allow-listed packages; a private mount namespace (every mount read-only, private size-limited tmpfs on /tmp,

@@ -1,4 +1,4 @@
-"""Trusted start-up code of one sandboxed program (run as ``python -I -S _sandbox_child.py``; stdlib only).
+"""Trusted start-up code of one sandboxed program (run as ``python -I -S _child.py``; stdlib only).
 
 The parent (``rapid.rewards.sandbox``) writes one JSON request on stdin. This script then, *before* any untrusted
 code runs: applies resource limits; moves into fresh network and IPC namespaces and a private mount namespace in
@@ -15,7 +15,9 @@ Then, by ``mode``:
 
 * ``holes``: run the program, evaluate each test's expressions, one JSON line of values per test;
 * ``calls``: run the program, then answer call requests (``{"id", "fn", "args", "kwargs"}``, one JSON line each on
-  the request descriptor) with the function's return value until the parent closes the descriptor;
+  the request descriptor) with the function's return value, and look-ups of module-level names (``{"id",
+  "lookup": [names]}``) with which of them are callable and the values of the others, until the parent closes the
+  descriptor;
 * ``stdio``: for each input, fork a fresh process that runs the program as ``__main__`` with that input on stdin,
   and report its stdout and whether it exited cleanly.
 
@@ -32,10 +34,28 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this directory, for the two trusted modules below
-from _sandbox_confine import confine  # noqa: E402
-from _sandbox_wire import from_wire, to_wire  # noqa: E402
+from _confine import confine  # noqa: E402
+from _wire import from_wire, to_wire  # noqa: E402
 
 del sys.path[0]  # nothing of rapid's own directory is importable by the program
+
+
+def _lookup(env, msg):
+    """The program's module-level names asked for: which are callable (the parent binds a proxy), the plain-data
+    value of the others; names the module lacks are left out. Data only: the parent decides what to bind."""
+    callables, values = [], {}
+    for name in msg["lookup"]:
+        if name not in env:
+            continue
+        try:
+            value = env[name]
+            if callable(value):
+                callables.append(name)
+            else:
+                values[name] = to_wire(value)
+        except BaseException:  # noqa: B036 - a value that cannot travel is left out (the test gets NameError)
+            continue
+    return {"reply": msg["id"], "callables": callables, "values": values}
 
 
 def _serve_calls(env, request_fd, emit):
@@ -49,6 +69,9 @@ def _serve_calls(env, request_fd, emit):
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             msg = json.loads(line)
+            if "lookup" in msg:
+                emit(_lookup(env, msg))
+                continue
             fn = env.get(msg["fn"])
             if not callable(fn):
                 emit({"reply": msg["id"], "error": "NameError"})
