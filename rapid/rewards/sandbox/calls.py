@@ -44,7 +44,7 @@ def _exception(name: str) -> BaseException:
     cls = getattr(builtins, name, None)
     if isinstance(cls, type) and issubclass(cls, Exception) and name not in _NOT_RERAISED:
         try:
-            return cls(f"raised in the sandboxed program")
+            return cls("raised in the sandboxed program")
         except TypeError:  # built-ins whose constructor needs more (UnicodeDecodeError, ...)
             pass
     return SandboxedError(name)
