@@ -26,12 +26,13 @@ from .algorithms import LossResult
 from .config import RapidConfig
 from .distributed import Dist, full_tensor, no_sync, parallelize
 from .forward import check_packing, check_sharing, completion_hidden, model_parts
+from .precision import auto_dtype
 
 
 def resolve_dtype(cfg: RapidConfig, device: torch.device) -> torch.dtype:
-    """The compute dtype: ``auto`` is bfloat16 on CUDA, float32 on CPU."""
+    """The compute dtype: ``auto`` is bfloat16 on CUDA; on CPU bfloat16 only where measured faster (rapid.precision)."""
     if cfg.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device)
     return getattr(torch, cfg.dtype)
 
 
@@ -125,7 +126,8 @@ class Policy:
         self.cfg = cfg
         self.device = device
         self.dist = dist if dist is not None else Dist()
-        self.compute_dtype = resolve_dtype(cfg, device)
+        # rank 0's decision on every rank: a timed bf16-vs-fp32 probe could come out differently under load
+        self.compute_dtype = self.dist.broadcast_object(resolve_dtype(cfg, device))
         _to_master(model, self.compute_dtype)
         self.model = model
         self.loss_module = PolicyLoss(model.to(device), cfg, self.compute_dtype)

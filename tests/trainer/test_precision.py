@@ -6,7 +6,7 @@ import torch
 import rapid
 from rapid.policy import lr_lambda
 
-from .conftest import PROMPTS, digits_reward, small_config
+from .conftest import PROMPTS, digits_reward, sevens_reward, small_config
 
 
 def _moved_fraction(before: dict, model) -> float:
@@ -85,3 +85,14 @@ def test_lr_schedule_reaches_the_optimizer(tiny):
     result = rapid.train(model, PROMPTS, digits_reward, cfg, tokenizer=tok)
     lrs = [h["actor/lr"] for h in result.history]                  # mean lr of each rollout's 2 steps
     assert lrs[0] > lrs[1] > 0
+
+
+def test_rapid_learns_in_bf16_on_cpu(tiny):
+    """The short learning check for bf16 compute on CPU (what dtype="auto" picks where it is measured faster):
+    fp32 masters, bf16 autocast and a bf16 engine still raise the reward as fp32 does (test_train)."""
+    model, tok = tiny
+    cfg = small_config(algo="rapid", num_rollouts=12, prompts_per_step=4, lr=3e-3, dtype="bfloat16")
+    result = rapid.train(model, PROMPTS, sevens_reward, cfg, tokenizer=tok)
+    rewards = [h["reward/mean"] for h in result.history]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.25, rewards
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
