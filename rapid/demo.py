@@ -117,7 +117,7 @@ def run_algo(algo: str, warm_path: Path, task, budget_s: float, args, log=print,
         algo=algo, group_size=args.group_size, prompts_per_rollout=ppr, prompts_per_step=args.prompts_per_step,
         num_rollouts=1_000_000, max_train_seconds=budget_s, eta=args.eta, lr=args.lr, temperature=1.0,
         max_new_tokens=task.max_new_tokens, engine="hf", seed=args.seed, eval_every=eval_every,
-        output_dir=str(RUNS / algo), progress_bar=False, max_grad_norm=1.0, overlap=overlap,
+        output_dir=str(RUNS / algo), progress_bar=True, max_grad_norm=1.0, overlap=overlap,
         engine_threads=1 if overlap else None, extra={"demo": True})
     log(f"{algo}: {ppr} prompts x {args.group_size} samples per generation call, "
         f"{cfg.steps_per_rollout} optimizer step(s) of {args.prompts_per_step} prompts each, budget {budget_s:.0f} s"
@@ -165,12 +165,12 @@ def plot(results: list[dict], warm_acc: float, path: Path, title: str, start_lab
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for res in results:
         t, acc = zip(*res["curve"])
-        label = f"{res['algo']}, {res['mode']} ({res['samples_per_s']:.0f} samples/s)"
+        label = f"{res['algo']}, {res['mode']} ({res['samples_per_s']:.2f} samples/s)"
         ax.plot(t, [100 * a for a in acc], marker="o", ms=3, label=label)
     ax.axhline(100 * warm_acc, color="grey", ls=":", label=start_label)
     ax.set_xlabel("training wall-clock (s, eval excluded)")
     ax.set_ylabel("held-out accuracy (%, greedy)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(start_path, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(start_path)
         start_name = f"SmolLM2-135M-Instruct ({start_path}, ready in {prep_s:.1f} s)"
-        title = "RAPID vs on-policy GRPG, SmolLM2-135M-Instruct on one-digit addition, 2-core CPU"
+        title = "RAPID vs on-policy GRPG: SmolLM2-135M-Instruct, one-digit addition (CPU)"
 
     from .engines.hf import HFEngine
     from .models import chat_template_decision
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         ph = res["phases"]
         print(f"{res['algo']:8s} {res['mode']:>12s} {100 * warm_acc:9.1f}% {100 * final:8.1f}% "
               f"{100 * (final - warm_acc):+5.1f} "
-              f"{res['samples_per_s']:9.0f} {res['rollouts']:8d} {res['steps']:9d} {res['train_s']:7.1f} "
+              f"{res['samples_per_s']:9.2f} {res['rollouts']:8d} {res['steps']:9d} {res['train_s']:7.1f} "
               f"{ph.get('gen', 0):6.1f} {ph.get('update_actor', 0):8.1f} {ph.get('reward', 0):8.2f}")
     print("mode: seq N thr = sequential, N torch threads; overlap 1+N = engine process on 1 core, trainer on N threads")
     rapid_gain = smoothed_final(rapid_res["curve"]) - warm_acc

@@ -123,7 +123,7 @@ class Training:
         cfg, run = self.cfg, self.run
         if run.rollout == 0 and run.pending is None and self._evaluates:
             self.sink.log({"rollout": 0, "time/train_s": 0.0, **self.evaluate()})
-        bar = progress_bar(cfg, initial=run.rollout, enabled=self.dist.is_main)
+        bar = progress_bar(cfg, initial=run.rollout, enabled=self.dist.is_main, initial_seconds=run.train_seconds)
         with StopFlag() as self.stop:
             while run.rollout < cfg.num_rollouts and not self.stop.requested:
                 if cfg.max_train_seconds is not None and run.train_seconds >= cfg.max_train_seconds:
@@ -132,9 +132,8 @@ class Training:
                 if metrics is None:                 # interrupted inside the rollout (or while scoring it)
                     break
                 self.sink.log(metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
-                                tok_s=f"{metrics.get('perf/throughput', 0.0):.0f}")
+                bar.advance(metrics["timing_s/step"], rollout=run.rollout, reward=f"{metrics['reward/mean']:.3f}",
+                            tok_s=f"{metrics.get('perf/throughput', 0.0):.0f}")
                 self.dist.barrier(f"rollout {run.rollout}")        # a crashed or hung rank is named here
                 if cfg.save_every and run.rollout % cfg.save_every == 0 and not self.stop.requested:
                     self.save()

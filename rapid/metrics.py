@@ -42,22 +42,42 @@ def make_profiler(device: torch.device, out_dir: Path | None, num_params: int) -
 
 
 class _NoBar:
-    def update(self, n: int) -> None:
-        return None
-
-    def set_postfix(self, **kwargs: object) -> None:
+    def advance(self, seconds: float, **postfix: object) -> None:
         return None
 
     def close(self) -> None:
         return None
 
 
-def progress_bar(cfg: RapidConfig, initial: int = 0, enabled: bool = True):
+class _Bar:
+    """The run's progress: rollouts done of ``num_rollouts``, or training seconds of ``max_train_seconds`` when the
+    run is bounded by time (a demo's budget) — then the bar reaches its end when the budget does."""
+
+    def __init__(self, cfg: RapidConfig, initial_rollouts: int, initial_seconds: float) -> None:
+        from tqdm.auto import tqdm
+
+        self.timed = cfg.max_train_seconds is not None
+        if self.timed:
+            total = float(cfg.max_train_seconds)
+            self.bar = tqdm(total=total, initial=min(initial_seconds, total), desc=f"rapid[{cfg.algo}]", unit="s",
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s trained [{elapsed}{postfix}]")
+        else:
+            self.bar = tqdm(total=cfg.num_rollouts, initial=initial_rollouts, desc=f"rapid[{cfg.algo}]",
+                            unit="rollout")
+
+    def advance(self, seconds: float, **postfix: object) -> None:
+        """One rollout finished after ``seconds`` of training."""
+        self.bar.update(min(seconds, self.bar.total - self.bar.n) if self.timed else 1)
+        self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def progress_bar(cfg: RapidConfig, initial: int = 0, enabled: bool = True, initial_seconds: float = 0.0):
     if not cfg.progress_bar or not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.num_rollouts, initial=initial, desc=f"rapid[{cfg.algo}]", unit="rollout")
+    return _Bar(cfg, initial, initial_seconds)
 
 
 class StopFlag:

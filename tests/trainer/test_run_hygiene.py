@@ -98,3 +98,17 @@ def test_a_failed_resume_leaves_the_profile_of_the_run_it_resumed(tmp_path, monk
         rapid.train(model, PROMPTS, digits_reward, small_config(num_rollouts=2, output_dir=out, resume=True),
                     tokenizer=tok)
     assert (tmp_path / "run" / "profile.json").read_text() == profile
+
+
+@pytest.mark.parametrize("budget", [None, 30.0])
+def test_progress_bar_counts_rollouts_or_the_time_budget(tiny, capsys, budget):
+    """A run bounded by rollouts shows rollouts done; one bounded by max_train_seconds shows trained seconds."""
+    model, tok = tiny
+    cfg = small_config(num_rollouts=2, progress_bar=True, max_train_seconds=budget)
+    rapid.train(model, PROMPTS, digits_reward, cfg, tokenizer=tok)
+    err = capsys.readouterr().err
+    assert "rapid[rapid]" in err
+    if budget is None:
+        assert "2/2" in err and "s trained" not in err
+    else:
+        assert "/30 s trained" in err and "rollout=2" in err
