@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from rapid.precision import cpu_flags, gemm_gflops
+
 HIDDEN, INTER, VOCAB, LAYERS, HEAD, KV_HEADS = 576, 1536, 49152, 30, 64, 3
 SHAPES = {  # name: (K, N, uses per forward)
     "q/o 576x576": (HIDDEN, HIDDEN, 2 * LAYERS),
@@ -30,17 +32,6 @@ SHAPES = {  # name: (K, N, uses per forward)
     "down 1536x576": (INTER, HIDDEN, LAYERS),
     "lm_head 576x49152": (HIDDEN, VOCAB, 1),
 }
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -54,10 +45,8 @@ def best_seconds(fn, repeats: int) -> float:
 
 
 def gemm(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """GFLOP/s of (m x k) @ (k x n) in ``dtype``."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
-    return 2 * m * k * n / best_seconds(lambda: a @ b, repeats) / 1e9
+    """GFLOP/s of (m x k) @ (k x n) in ``dtype`` (the same timing dtype="auto" uses to decide bf16)."""
+    return gemm_gflops(dtype, (m, k, n), repeats)
 
 
 def bandwidth(repeats: int) -> dict:
