@@ -43,15 +43,18 @@ from timeline import load_clock, wall_numbers  # noqa: E402
 
 def parse_run(run: str, max_h: int, grpo_h: int) -> dict:
     """Run name -> algo, H (rollout size in steps), whether H is adaptive, and mode overrides from suffixes:
-    ``-overlap`` (overlap=True), ``-t<N>`` (N torch threads, sequential), ``-e<N>`` (N engine threads, overlap).
-    E.g. ``rapid-h4-t2`` (sequential, 2 threads) and ``rapid-h4-overlap-e1`` (engine 1 core, trainer the rest)."""
+    ``-overlap`` (overlap=True), ``-t<N>`` (N torch threads, sequential), ``-e<N>`` (N engine threads, overlap),
+    ``-bf16`` / ``-fp32`` (the compute dtype; default dtype="auto"). E.g. ``rapid-h4-t2`` (sequential, 2 threads)
+    and ``rapid-h4-overlap-e1`` (engine 1 core, trainer the rest)."""
     base, mods = run, {}
     while True:
-        m = re.fullmatch(r"(.+)-(overlap|t(\d+)|e(\d+))", base)
+        m = re.fullmatch(r"(.+)-(overlap|bf16|fp32|t(\d+)|e(\d+))", base)
         if not m:
             break
         base = m.group(1)
-        if m.group(2) == "overlap":
+        if m.group(2) in ("bf16", "fp32"):
+            mods["dtype"] = {"bf16": "bfloat16", "fp32": "float32"}[m.group(2)]
+        elif m.group(2) == "overlap":
             mods["overlap"] = True
         elif m.group(3):
             mods["threads"] = int(m.group(3))
@@ -67,7 +70,7 @@ def parse_run(run: str, max_h: int, grpo_h: int) -> dict:
     if base == "rapid-auto":
         return {"algo": "rapid", "h": max_h, "adaptive": True, **mods}
     raise ValueError(f"unknown run {run!r}: rapid-h<H>, grpg, grpo or rapid-auto, optionally with -overlap, -t<N>, "
-                     "-e<N> suffixes")
+                     "-e<N>, -bf16/-fp32 suffixes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts_per_rollout=spec["h"] * args.prompts_per_step, num_rollouts=num_rollouts, adaptive_h=spec["adaptive"],
         max_new_tokens=max_new, lr=args.lr, engine=args.engine, seed=args.seed, output_dir=str(run_dir / "train"),
         eval_every=eval_every if task.eval else 0, progress_bar=False, max_train_seconds=args.max_train_seconds,
-        overlap=args.overlap, engine_threads=args.engine_threads, extra=extra)
+        overlap=args.overlap, engine_threads=args.engine_threads, dtype=spec.get("dtype", "auto"), extra=extra)
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     result = rapid.train(model, task.train, task.reward_fn, cfg, tokenizer=tok, eval_dataset=task.eval or None)

@@ -31,11 +31,12 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "e2e"))
 sys.path.insert(0, str(HERE))
 
 
-def parse_run(run: str) -> tuple[int, int | None]:
-    m = re.fullmatch(r"trl-h(\d+)(?:-t(\d+))?", run)
+def parse_run(run: str) -> tuple[int, int | None, bool]:
+    """``trl-h<H>[-t<threads>][-bf16]`` -> (H, threads or None, bf16 autocast)."""
+    m = re.fullmatch(r"trl-h(\d+)(?:-t(\d+))?(-bf16)?", run)
     if not m:
-        raise ValueError(f"unknown TRL run {run!r}: trl-h<H> or trl-h<H>-t<threads>")
-    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+        raise ValueError(f"unknown TRL run {run!r}: trl-h<H>, optionally with -t<threads> and -bf16")
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None, bool(m.group(3))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every-steps", type=int, default=8)
     p.add_argument("--n-eval", type=int, default=200)
     args, _ = p.parse_known_args(argv)        # run_e2e passes rapid-only flags too (max-h, engine, ...)
-    h, threads = parse_run(args.run)
+    h, threads, args.bf16 = parse_run(args.run)
     args.threads = threads or args.threads
 
     import torch

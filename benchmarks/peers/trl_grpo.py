@@ -61,7 +61,8 @@ def trl_config(tmp: str, args, h: int, steps: int, max_new: int):
     from trl import GRPOConfig
 
     return GRPOConfig(
-        output_dir=tmp, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=10_000,
+        output_dir=tmp, use_cpu=True, bf16=getattr(args, "bf16", False), report_to="none", save_strategy="no",
+        logging_steps=10_000,
         disable_tqdm=True, seed=args.seed, max_steps=steps, learning_rate=args.lr, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         per_device_train_batch_size=args.group_size * args.prompts_per_step, gradient_accumulation_steps=1,

@@ -1,6 +1,6 @@
 """The update's forward + backward on the real model: shared-prompt vs packed vs padded, achieved GFLOP/s.
 
-    python -m benchmarks.real.update [--threads 2] [--groups 4] [--repeats 3] [--backend cpp|torch]
+    python -m benchmarks.real.update [--threads 2] [--groups 4] [--repeats 3] [--backend cpp|torch] [--dtype bfloat16]
 
 One micro-batch as the demo's update step sees it: ``--groups`` chat prompts (one-digit "What is a + b?" through
 SmolLM2's ChatML template, which adds its default system prompt: ~40 tokens) x K = 8 completions of
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", default="cpp")
     ap.add_argument("--paths", default="shared,packed,padded")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype (fp32 master weights either way, as the trainer runs it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     rewards = [float(i % 2) for i in range(len(completions))]
     mb = RolloutBuffer(rollout, rewards, k).pack(list(range(len(completions))), torch.device("cpu"))
     cfg = rapid.RapidConfig(group_size=k, kernel_backend=args.backend)
-    loss_module = PolicyLoss(model, cfg, torch.float32)
+    loss_module = PolicyLoss(model, cfg, getattr(torch, args.dtype))
     tokens = sum(len(prompt_ids[i // k]) + c for i in range(len(completions)))
     params = sum(p.numel() for p in model.parameters())
     flops = 6 * params * tokens
