@@ -106,7 +106,8 @@ class RapidConfig:
     """rapid_kernels backend for the training loss."""
     dtype: DType = "auto"
     """Compute dtype of the forward/backward and of the engine (auto: bfloat16 on CUDA; on CPU bfloat16 only where
-    the CPU has AVX512-BF16 / AMX and a timed GEMM is >= 1.2x faster than fp32, else float32 — rapid.precision).
+    the CPU has AVX512-BF16 / AMX and a timed GEMM is >= 1.2x faster than fp32, else float32 — rapid.precision;
+    RAPID_CPU_BF16=0|1 overrides).
     Parameters and optimizer state stay float32 (the master copy) whatever it is; float16 adds a loss scaler."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun (world size > 1): DDP replicas, or FSDP2 fully_shard (parameters, gradients

@@ -4,13 +4,15 @@ On a CPU with AVX512-BF16 or AMX, oneDNN runs bf16 GEMMs natively (one review bo
 them bf16 is converted in software and runs slower than fp32 (another box: ~4x slower). ``dtype="auto"`` on CPU
 therefore reads the CPU's flags and, only where they promise native bf16, times one GEMM of a small model's MLP shape
 (tokens x hidden @ hidden x 4·hidden) in both dtypes; bf16 is chosen when it is at least ``MIN_SPEEDUP`` faster. The
-decision is measured once per process and logged in one line per run.
+decision is measured once per process and logged in one line per run. ``RAPID_CPU_BF16=1`` / ``=0`` overrides it
+(the test tier pins fp32 this way).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 
 import torch
@@ -54,7 +56,10 @@ def gemm_gflops(dtype: torch.dtype, shape: tuple[int, int, int] = PROBE_SHAPE, r
 
 @functools.cache
 def cpu_bf16_decision() -> tuple[bool, str]:
-    """(compute in bf16 on this CPU?, why) — the flags first, then a measured GEMM where they allow it."""
+    """(compute in bf16 on this CPU?, why) — the override, the flags, then a measured GEMM where they allow it."""
+    forced = os.environ.get("RAPID_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1", f"RAPID_CPU_BF16={forced}"
     native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
     if not native:
         return False, "no avx512_bf16 / amx_bf16 CPU flag: bf16 would be emulated, slower than fp32"

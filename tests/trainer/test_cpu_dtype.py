@@ -11,7 +11,8 @@ from rapid.policy import resolve_dtype
 
 
 @pytest.fixture
-def fresh_decision():
+def fresh_decision(monkeypatch):
+    monkeypatch.delenv("RAPID_CPU_BF16", raising=False)     # tests/conftest.py pins fp32 for the other tests
     precision.cpu_bf16_decision.cache_clear()
     yield
     precision.cpu_bf16_decision.cache_clear()
@@ -53,6 +54,13 @@ def test_this_cpus_decision_matches_its_flags(fresh_decision):
         assert not use_bf16 and "flag" in why
     else:
         assert ("bf16 GEMM" in why) and (use_bf16 == (" < " not in why))
+
+
+@pytest.mark.parametrize("value, want", [("0", torch.float32), ("1", torch.bfloat16)])
+def test_the_environment_overrides_the_decision(fresh_decision, monkeypatch, value, want):
+    monkeypatch.setenv("RAPID_CPU_BF16", value)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: pytest.fail("probed despite the override"))
+    assert resolve_dtype(RapidConfig(), torch.device("cpu")) == want
 
 
 def test_cpu_flags_reads_a_cpuinfo_file(tmp_path):
