@@ -96,7 +96,8 @@ class Training:
             self.engine = make_engine(cfg, self.engine_model, inputs.tokenizer, workdir,
                                       dtype=self.policy.compute_dtype)
         cleanup.callback(quietly, self.engine.close, "closing the engine")   # a leaked vLLM engine breaks the next
-        self.profiler = make_profiler(device, out_dir if main else None, self.policy.num_params)
+        self.profiler = make_profiler(device, out_dir if main else None, self.policy.num_params,
+                                      self.policy.compute_dtype)
         self.profile_summary: str | None = None
         cleanup.callback(quietly, self._close_profiler, "writing the profile")
         self.controller = AdaptiveH(cfg) if cfg.adaptive_h else None

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import RapidConfig
+from .precision import cpu_gemm_peak
 from .profiling import Profiler
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,13 @@ class MetricsSink:
         self._logger.close()
 
 
-def make_profiler(device: torch.device, out_dir: Path | None, num_params: int) -> Profiler:
-    """The run's profiler (writes profile.json and the timeline PNG under ``out_dir`` when given)."""
-    return Profiler(device, output_dir=str(out_dir) if out_dir else None, num_params=num_params)
+def make_profiler(device: torch.device, out_dir: Path | None, num_params: int,
+                  dtype: torch.dtype = torch.float32) -> Profiler:
+    """The run's profiler (writes profile.json and the timeline PNG under ``out_dir`` when given). On CPU its MFU
+    column is against this CPU's measured GEMM rate in the compute ``dtype`` (there is no datasheet peak)."""
+    peak, source = cpu_gemm_peak(dtype) if device.type == "cpu" else (None, None)
+    return Profiler(device, output_dir=str(out_dir) if out_dir else None, num_params=num_params, peak_flops=peak,
+                    peak_source=source)
 
 
 class _NoBar:

@@ -71,6 +71,15 @@ def cpu_bf16_decision() -> tuple[bool, str]:
     return False, f"{measured} < {MIN_SPEEDUP}x"
 
 
+@functools.cache
+def cpu_gemm_peak(dtype: torch.dtype) -> tuple[float, str]:
+    """(FLOP/s, what it is): this CPU's measured GEMM rate in ``dtype`` at ``PROBE_SHAPE`` with the current torch
+    threads — the peak the profiler's CPU MFU column is a fraction of (a dense GEMM is the best a layer can do)."""
+    m, k, n = PROBE_SHAPE
+    rate = gemm_gflops(dtype, PROBE_SHAPE) * 1e9
+    return rate, f"measured {str(dtype).removeprefix('torch.')} GEMM {m}x{k}x{n}, {torch.get_num_threads()} threads"
+
+
 def auto_dtype(device: torch.device) -> torch.dtype:
     """``dtype="auto"``: bf16 on CUDA; on CPU bf16 only where measured faster (``cpu_bf16_decision``), logged."""
     if device.type == "cuda":

@@ -138,7 +138,8 @@ def summary_table(profile: dict) -> str:
                      f"{_fmt(p['util_mean'], '.1f'):>8}{_fmt(p['mem_peak_gb'], '.2f'):>8}")
     lines.append("-" * len(header))
     peak = dev.get("peak_flops")
-    lines.append(f"MFU against {'%.4g TFLOP/s' % (peak / 1e12) if peak else 'no known peak (MFU omitted)'}; "
+    source = f" ({dev['peak_source']})" if peak and dev.get("peak_source") else ""
+    lines.append(f"MFU against {'%.4g TFLOP/s' % (peak / 1e12) + source if peak else 'no known peak (MFU omitted)'}; "
                  f"util = {sampler.get('util_unit', '?')} ({sampler['source']}, {sampler['n']} samples); "
                  f"sampler overhead {100 * sampler['overhead_frac']:.3f} % of wall")
     overlap = profile.get("overlap")

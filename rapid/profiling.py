@@ -195,11 +195,12 @@ class Profiler:
         num_params: model parameter count for FLOP/MFU estimates (also settable later via ``set_num_params``).
         sample_interval_s: sampler period; 0 disables the sampler.
         peak_flops: override the device's peak FLOP/s for MFU (CPU: e.g. a measured matmul rate).
+        peak_source: what ``peak_flops`` is, for the report (e.g. "measured bfloat16 GEMM").
     """
 
     def __init__(self, device: torch.device | str = "cpu", enabled: bool = True, output_dir: str | None = None,
                  num_params: int | None = None, sample_interval_s: float = 0.1,
-                 peak_flops: float | None = None) -> None:
+                 peak_flops: float | None = None, peak_source: str | None = None) -> None:
         self.device = torch.device(device)
         self.enabled = enabled
         self.output_dir = output_dir
@@ -208,6 +209,7 @@ class Profiler:
         nominal, measured = peak_flops_for(self.device_name) if self.device.type == "cuda" else (None, None)
         self.peak_flops = peak_flops if peak_flops is not None else nominal
         self.peak_flops_measured = measured
+        self.peak_source = peak_source if peak_flops is not None else ("nominal bf16" if nominal else None)
         self.t0 = time.perf_counter()
         self.current_phase: str | None = None
         self.events: list[tuple[str, float, float]] = []   # (phase, start, end) in perf_counter seconds
@@ -401,7 +403,8 @@ class Profiler:
         return {
             "schema": "rapid.profile/1",
             "device": {"type": self.device.type, "name": self.device_name, "peak_flops": self.peak_flops,
-                       "peak_flops_measured": self.peak_flops_measured, "cpu_count": os.cpu_count()},
+                       "peak_flops_measured": self.peak_flops_measured, "peak_source": self.peak_source,
+                       "cpu_count": os.cpu_count()},
             "num_params": self.num_params,
             "wall_s": wall,
             "peak_memory_gb": self.peak_memory_gb(),

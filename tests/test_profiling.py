@@ -280,3 +280,26 @@ def test_merge_rank_metrics_takes_the_slowest_rank():
     assert merge_rank_metrics([rank0]) == pytest.approx(rank0)
     with pytest.raises(ValueError, match="per_rank"):
         merge_rank_metrics([])
+
+
+def test_a_cpu_run_reports_mfu_against_the_measured_gemm_rate(tmp_path):
+    """rapid.train on CPU: the profiler's peak is this CPU's measured GEMM rate in the compute dtype, so the phase
+    table has an MFU column and says what it is a fraction of."""
+    import torch
+
+    import rapid
+    from rapid.precision import cpu_gemm_peak
+    from rapid.tiny import build_tiny
+
+    model, tok = build_tiny(num_layers=2, seed=0)
+    cfg = rapid.RapidConfig(group_size=4, prompts_per_rollout=4, prompts_per_step=2, num_rollouts=1, max_new_tokens=4,
+                            progress_bar=False, output_dir=str(tmp_path / "run"))
+    result = rapid.train(model, [{"prompt": f"{i}="} for i in range(8)], lambda p, c, **_: [0.5] * len(c), cfg,
+                         tokenizer=tok)
+    profile = json.loads((tmp_path / "run" / "profile.json").read_text())
+    peak, source = cpu_gemm_peak(torch.float32)
+    assert profile["device"]["peak_flops"] == peak > 0
+    assert profile["device"]["peak_source"] == source and "GEMM" in source
+    assert 0 < profile["phases"]["update_actor"]["mfu"] < 1      # a 0.3 M-parameter model is far below a GEMM
+    assert 0 < result.history[-1]["perf/mfu/actor"] < 1
+    assert "measured float32 GEMM" in result.profile_summary
