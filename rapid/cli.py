@@ -209,10 +209,10 @@ def _recorded_run(model: str) -> dict:
 
 
 def cmd_profile(argv: list[str]) -> int:
-    from . import profiling
+    from .observe import profiling
 
     if not hasattr(profiling, "main"):
-        print("rapid profile: this install's rapid.profiling has no report entry point", file=sys.stderr)
+        print("rapid profile: this install's rapid.observe.profiling has no report entry point", file=sys.stderr)
         return 2
     return int(profiling.main(argv) or 0)
 
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--chat-template", choices=("auto", "on", "off"), default=None,
                     help=field_docs().get("chat_template", "") + " (default: as the run was trained, else auto)")
-    sub.add_parser("profile", help="report of a run's profile (rapid.profiling)", add_help=False)
+    sub.add_parser("profile", help="report of a run's profile (rapid.observe.profiling)", add_help=False)
     return parser
 
 

@@ -98,7 +98,7 @@ def start_engine_process(cfg: RapidConfig, model, tokenizer, workdir, dtype, dev
     CUDA: on a GPU of its own — the trainer's GPU index + the number of trainer processes on this node (one
     engine per rank; a single process trains on GPU i and generates on GPU i + 1) — weights broadcast over NCCL."""
     from .engines import resolve_engine_name
-    from .engines.remote import ProcessEngine, available_cpus
+    from .engines.process.client import ProcessEngine, available_cpus
 
     kind = resolve_engine_name(cfg.engine, device)
     cores = available_cpus()

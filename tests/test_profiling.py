@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from rapid import profile_report
-from rapid.loggers import MetricsLogger, read_metrics
-from rapid.profiling import Profiler, main, peak_flops_for
+from rapid.observe import profile_report
+from rapid.observe.loggers import MetricsLogger, read_metrics
+from rapid.observe.profiling import Profiler, main, peak_flops_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -263,7 +263,7 @@ def test_add_interval_rejects_bad_input():
 
 
 def test_merge_rank_metrics_takes_the_slowest_rank():
-    from rapid.profiling import merge_rank_metrics
+    from rapid.observe.profiling import merge_rank_metrics
 
     rank0 = {"timing_s/step": 2.0, "timing_s/gen": 1.0, "perf/throughput": 100.0, "perf/tokens_per_s/gen": 150.0,
              "perf/mfu/actor": 0.2, "timing_s/update_actor": 1.0, "perf/max_memory_allocated_gb": 3.0,

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from rapid.profiling import Profiler, _Sampler, device_name
+from rapid.observe.profiling import Profiler, _Sampler, device_name
 from rapid.tiny import build_tiny
 
 MODES = {"disabled": dict(enabled=False), "disabled_again": dict(enabled=False),

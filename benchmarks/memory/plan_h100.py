@@ -8,7 +8,7 @@ was checked on CPU against the bytes autograd really saves (``python -m benchmar
 at the real layer shapes, see RESULTS.md) and ``tests/test_memory_plan.py`` pins the arithmetic.
 
 Where the bytes go (P = parameters; h hidden, q = heads·head_dim, kv = kv_heads·head_dim, i intermediate, L layers,
-V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights fp32 — rapid.policy):
+V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights fp32 — rapid.training.policy):
 - persistent: fp32 master 4P + fp32 gradients 4P (from the first backward to ``optimizer.step``; freed by
   ``zero_grad(set_to_none=True)``) + AdamW's two fp32 moments 8P = **16 bytes/param**;
 - bf16 compute copies, 2 bytes per linear-layer weight: autocast casts each weight once per forward (its cache) and

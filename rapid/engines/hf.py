@@ -1,7 +1,7 @@
 """HFEngine: batched sampling on the trainer's own model object (zero copy), with rapid's own decode loop.
 
 The behaviour distribution must be exactly the one the trainer's log π describes (DESIGN.md section 1), so the
-engine runs the model's forward and KV cache itself and samples with ``rapid.sampling`` — never ``generate``, whose
+engine runs the model's forward and KV cache itself and samples with ``rapid.loss.sampling`` — never ``generate``, whose
 logits processors and the model's ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty=1.05``;
 others set n-gram blocks, min lengths, bad words, forced tokens) would reshape sampling behind the trainer's back.
 
@@ -31,7 +31,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from .. import sampling as smp
+from ..loss import sampling as smp
 from .base import Rollout, SamplingConfig
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ import torch
 
 from ..config import RapidConfig
 from ..distributed import full_tensor
-from ..sampling import row_seeds
+from ..loss.sampling import row_seeds
 from . import _vllm_compat as compat
 from .base import Rollout, SamplingConfig
 

@@ -21,8 +21,8 @@ import torch
 from rapid.config import RapidConfig
 from rapid.engines import make_engine
 from rapid.engines.base import SamplingConfig
-from rapid.engines import remote
-from rapid.engines.remote import ProcessEngine
+from rapid.engines.process import client as remote
+from rapid.engines.process.client import ProcessEngine
 from rapid.engines.vllm import EngineError, hf_weights, vllm_available
 from rapid.tiny import build_tiny
 
@@ -258,7 +258,7 @@ def test_weight_channel_splits_buckets_and_delivers_every_weight_bit_for_bit():
     than a bucket (a bucket of its own)."""
     import threading
 
-    from rapid.engines._weight_channel import WeightChannel, buckets
+    from rapid.engines.process.weight_channel import WeightChannel, buckets
 
     weights = [("a", torch.randn(3, 5)), ("big", torch.randn(40, 10)), ("b", torch.randn(7)), ("c", torch.randn(2, 2))]
     layout, offset = [], 0
@@ -307,7 +307,7 @@ with open(sys.argv[1], "a") as f:
     f.write(f"executed by {os.getpid()}\\n")
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.remote import ProcessEngine
+from rapid.engines.process.client import ProcessEngine
 from rapid.tiny import build_tiny
 model, tok = build_tiny(seed=0)
 engine = ProcessEngine(model, tok, RapidConfig(engine="hf", max_new_tokens=8), threads=1)

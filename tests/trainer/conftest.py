@@ -39,7 +39,7 @@ def capture_step_grads(monkeypatch) -> list[dict[str, torch.Tensor]]:
     Comparing gradients, not weights after AdamW, is what "the same update" means at fp32 noise: Adam's first
     step is ≈ lr · sign(g), which turns a 1e-9 gradient difference on a near-zero entry into a difference of lr.
     """
-    from rapid.policy import Policy
+    from rapid.training.policy import Policy
 
     steps: list[dict[str, torch.Tensor]] = []
     original = Policy.step

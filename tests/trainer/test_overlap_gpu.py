@@ -14,7 +14,7 @@ import torch
 import rapid
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.remote import ProcessEngine
+from rapid.engines.process.client import ProcessEngine
 from rapid.engines.vllm import hf_weights
 from rapid.tiny import build_tiny
 

@@ -69,7 +69,7 @@ def test_filter_groups_skips_zero_variance_groups_without_changing_the_update(mo
         return [0.0 if i // 4 % 2 == 0 else float(i % 3 == 0) for i in range(len(completions))]
 
     def run(filter_groups):
-        from rapid.policy import PolicyLoss
+        from rapid.training.policy import PolicyLoss
 
         forwards = {"seqs": 0}
         original = PolicyLoss.forward

@@ -22,8 +22,8 @@ import dataclasses
 import time
 
 from .buffer import RolloutBuffer
-from .config import RapidConfig
-from .engines.vllm import EngineError
+from ..config import RapidConfig
+from ..engines.vllm import EngineError
 from .rollout import RolloutInfo, score_rows
 from .session import Pending
 

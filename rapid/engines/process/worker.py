@@ -1,6 +1,6 @@
-"""The generation process behind ``rapid.engines.remote.ProcessEngine``.
+"""The generation process behind ``rapid.engines.process.client.ProcessEngine``.
 
-Started as ``python -m rapid.engines._engine_worker --fd FD --parent-pid PID --threads T`` (never through
+Started as ``python -m rapid.engines.process.worker --fd FD --parent-pid PID --threads T`` (never through
 ``multiprocessing``'s spawn, which would re-import the user's ``__main__``). It talks to its parent over one end of
 a ``socket.socketpair`` (FD, inherited through ``pass_fds``): a private channel no other process can connect to, so
 it needs no address and no authkey. Messages are ``pickle`` bytes (``Connection.send_bytes``): plain pickle, never
@@ -112,7 +112,7 @@ class _Worker:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from . import make_engine
+        from .. import make_engine
 
         torch.set_num_threads(init["threads"])
         self.dtype = dtype = getattr(torch, init["dtype"])
@@ -121,7 +121,7 @@ class _Worker:
         start = time.perf_counter()
         self.channel = None
         if init["channel"] is not None:          # joined first: the parent blocks in the join until we do
-            from ._weight_channel import WeightChannel
+            from .weight_channel import WeightChannel
 
             spec = init["channel"]
             self.channel = WeightChannel(spec["host"], spec["port"], 1, spec["device"], spec["timeout_s"])

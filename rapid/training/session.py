@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from .. import checkpoint
 from .buffer import RolloutBuffer
-from .distributed import Dist
+from ..distributed import Dist
 from .rollout import RolloutInfo, merge_rollouts, plan_rollout, subset_rollout
 
 

@@ -9,7 +9,7 @@ rollout r's H steps (``overlap=True``, DESIGN.md section 6).
     engine.close()                                   # also at exit, and the child dies with the parent anyway
 
 Design:
-- The child is ``python -m rapid.engines._engine_worker`` (subprocess, not multiprocessing: the user's script is
+- The child is ``python -m rapid.engines.process.worker`` (subprocess, not multiprocessing: the user's script is
   never re-executed, with or without a ``__main__`` guard), with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
   set to its share of the cores before torch is imported. It builds the inner engine with
   ``rapid.engines.make_engine(config with engine=kind, child_model, tokenizer, workdir)``.
@@ -50,10 +50,10 @@ from typing import Literal
 
 import torch
 
-from .base import Rollout, SamplingConfig
-from ._engine_worker import SharedBuffer
-from ._weight_channel import WeightChannel
-from .vllm import EngineError, _base_model, hf_weights
+from ..base import Rollout, SamplingConfig
+from .worker import SharedBuffer
+from .weight_channel import WeightChannel
+from ..vllm import EngineError, _base_model, hf_weights
 
 __all__ = ["ProcessEngine", "EngineError", "available_cpus"]
 
@@ -151,7 +151,7 @@ class ProcessEngine:
             env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
         package_root = str(Path(__file__).resolve().parents[2])       # the child imports this same rapid
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "rapid.engines._engine_worker", "--fd", str(child_sock.fileno()),
+        argv = [sys.executable, "-m", "rapid.engines.process.worker", "--fd", str(child_sock.fileno()),
                 "--parent-pid", str(os.getpid()), "--threads", str(threads)]
         try:
             with open(self.log_path, "ab") as log:

@@ -3,7 +3,7 @@
 A rollout holds G groups of K completions (completion i belongs to prompt i // K). The H mini-batches of a rollout
 are disjoint sets of whole groups, drawn by a seeded shuffle. A mini-batch is cut into micro-batches by
 ``plan_micro_batches``: whole groups while every group fits the token budget (``micro_batch_tokens``) and sequence
-cap (``micro_batch_size``), else single sequences — the update is then two-phase (rapid.update), because RAPID's
+cap (``micro_batch_size``), else single sequences — the update is then two-phase (training.update), because RAPID's
 weights and baseline couple the sequences of a group.
 """
 
@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .algorithms import PackedBatch
-from .engines.base import Rollout
+from ..loss.algorithms import PackedBatch
+from ..engines.base import Rollout
 
 
 @dataclass
@@ -43,7 +43,7 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
     ``rows`` are the dataset rows of the rollout's prompts; their non-prompt columns are repeated per completion and
     passed to ``reward_fn`` as keyword lists.
     """
-    from .rewards import compute_rewards
+    from ..rewards import compute_rewards
 
     n = rollout.n
     prompts = [p for p in rollout.prompts for _ in range(n)]

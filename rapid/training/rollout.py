@@ -14,8 +14,8 @@ import statistics
 from dataclasses import dataclass
 
 from .buffer import RolloutBuffer, score
-from .config import RapidConfig
-from .engines import SamplingConfig
+from ..config import RapidConfig
+from ..engines import SamplingConfig
 
 
 @dataclass
@@ -177,7 +177,7 @@ def eval_records(engine, model, rows: list[dict], texts: list[str], reward_fn, c
 
 def eval_metrics(records: list[dict], n: int) -> dict:
     """eval/reward (greedy), eval/response_length and, with n samples per prompt, eval/mean@n and eval/pass@k."""
-    from .rewards import pass_at_k
+    from ..rewards import pass_at_k
 
     if not records:
         return {}

@@ -1,4 +1,4 @@
-"""Reports from a ``profile.json`` (schema ``rapid.profile/1``, written by ``rapid.profiling.Profiler``).
+"""Reports from a ``profile.json`` (schema ``rapid.profile/1``, written by ``rapid.observe.profiling.Profiler``).
 
 - ``summary_table(profile)``: a fixed-width text table, one row per phase (time, share of wall, tokens/s, MFU,
   mean utilisation and peak memory of the samples taken in that phase); phases of another lane are marked

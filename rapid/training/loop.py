@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from .. import data
 from .adaptive import AdaptiveH
-from .config import RapidConfig
-from .distributed import Dist, main_logger
-from .engines import make_engine
-from .engines.hf import copy_weights
-from .lifecycle import (SignalWatch, close_profiler, evaluated_at, quietly, save_final_model, seed_everything,
+from ..config import RapidConfig
+from ..distributed import Dist, main_logger
+from ..engines import make_engine
+from ..engines.hf import copy_weights
+from ..lifecycle import (SignalWatch, close_profiler, evaluated_at, quietly, save_final_model, seed_everything,
                         start_engine_process)
-from .loggers import CompletionLog
+from ..observe.loggers import CompletionLog
 from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
-from .models import apply_peft, load_model, training_device
+from ..models import apply_peft, load_model, training_device
 from .overlap import Pipeline, Request
 from .policy import Policy
 from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, plan_rollout, rollout_metrics,

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import torch
 
-from .config import RapidConfig
-from .profiling import Profiler
+from ..config import RapidConfig
+from ..observe.profiling import Profiler
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsSink:
-    """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.loggers."""
+    """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.observe.loggers."""
 
     def __init__(self, out_dir: Path | None, cfg: RapidConfig, history: list[dict], tensorboard: bool,
                  wandb: bool = False, resume_rollout: int | None = None) -> None:
-        from .loggers import MetricsLogger, truncate_metrics
+        from ..observe.loggers import MetricsLogger, truncate_metrics
 
         self.history = history
         if out_dir is not None and resume_rollout is not None:
