@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 import uuid
@@ -36,13 +35,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
+from .config import RapidConfig
 from .distributed import Dist, current_dist
+from .engines.weights import merged_copy, unwrap
+from .loss.seeds import rank_seed, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -57,39 +58,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read (the message names the rank and the reason)."""
 
 
-# ---- RNG --------------------------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    """This process's RNG states: torch CPU, CUDA (current device, when initialised), python, numpy."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _derived_seed(base: dict, rank: int) -> int:
-    """A seed for a rank that has no saved RNG: a hash of rank 0's saved torch state and the rank (deterministic)."""
-    digest = hashlib.sha256(base["torch"].numpy().tobytes() + f"rank{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**63)
-
-
 # ---- names: the HF model's own, whatever wraps it -------------------------------------------------------------------
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    while type(model).__name__ in ("DistributedDataParallel", "OptimizedModule"):
-        model = model.module if hasattr(model, "module") else model._orig_mod
-    return model
-
-
 def _model_prefix(model: torch.nn.Module) -> str:
     """Path of the outermost peft / HF ``PreTrainedModel`` inside ``model`` (DDP / compile wrappers unwrapped)."""
-    for name, sub in _unwrapped(model).named_modules():
+    for name, sub in unwrap(model).named_modules():
         if hasattr(sub, "peft_config") or any(c.__name__ == "PreTrainedModel" for c in type(sub).__mro__):
             return f"{name}." if name else ""
     return ""
@@ -122,7 +94,7 @@ def _state_dicts(model: torch.nn.Module, optimizer) -> tuple[dict, dict | None]:
         msd, osd = get_state_dict(model, optimizer, options=options)
     # torch drops frozen parameters by their deduplicated names only: a tied alias of a frozen one (peft + tied
     # embeddings: lm_head.weight) would still be stored, so drop every name of a frozen parameter
-    frozen = {n for n, p in _unwrapped(model).named_parameters(remove_duplicate=False) if not p.requires_grad}
+    frozen = {n for n, p in unwrap(model).named_parameters(remove_duplicate=False) if not p.requires_grad}
     msd = {k: v for k, v in msd.items() if k not in frozen}
     return _renamed(msd, osd, _to_stored(_model_prefix(model)))
 
@@ -409,10 +381,8 @@ def _restore_rng(path: Path, d: Dist) -> None:
         set_rng_state(torch.load(own, map_location="cpu", weights_only=False)["rng"])
     else:
         base = torch.load(path / "ranks" / "rank-00000.pt", map_location="cpu", weights_only=False)["rng"]
-        seed = _derived_seed(base, d.rank)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
+        seed = rank_seed(base, d.rank)
+        seed_everything(seed)
         logger.warning("rank %d: %s has no RNG state for this rank (saved at world size %s): derived seed %d from "
                        "rank 0's state", d.rank, path.name, _meta(path).get("world_size"), seed)
     saved = _meta(path).get("world_size", 1)
@@ -429,3 +399,43 @@ def load_rank_state(path: str | Path, dist: Dist | None = None) -> Any:
         logger.warning("rank %d: %s holds no per-rank state for this rank", d.rank, Path(path).name)
         return None
     return torch.load(own, map_location="cpu", weights_only=False).get("rank_state")
+
+
+# ---- the run's output directory ----------------------------------------------------------------------------
+def holds_a_run(out_dir: Path) -> bool:
+    root = out_dir / "checkpoints"
+    return (out_dir / "metrics.jsonl").exists() or (root.is_dir() and any(root.iterdir()))
+
+
+def check_resume_config(cfg: RapidConfig, last: Path) -> None:
+    """Refuse to resume with settings that change the maths, unless allow_config_change."""
+    saved_path = last / "config.json"
+    if not saved_path.exists():
+        return
+    changed = cfg.maths_changes(json.loads(saved_path.read_text()))
+    if changed and not cfg.allow_config_change:
+        raise ValueError(f"resume: the config differs from the checkpoint's ({last.name}) in {', '.join(changed)}, "
+                         "which changes the maths of the run; pass allow_config_change=True "
+                         "(--allow-config-change) to continue anyway, or use another output_dir")
+
+
+def save_final_model(policy, tokenizer, out_dir: Path, full=None) -> None:
+    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0. A
+    LoRA run also writes the adapter alone to ``output_dir/adapter``; ``model`` then holds the merged weights.
+    Under FSDP2 ``full`` is the unsharded copy the trainer already filled with the whole (LoRA: merged) weights, so
+    only a LoRA adapter needs the sharded state gathered."""
+    model, dist = policy.model, policy.dist
+    lora = hasattr(model, "peft_config")
+    state = None
+    if lora and dist.active and policy.cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not dist.is_main:
+        return
+    if lora:
+        model.save_pretrained(out_dir / "adapter", state_dict=state)
+    if full is None:
+        full = merged_copy(model) if lora else model
+    full.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")

@@ -6,6 +6,8 @@ import inspect
 import random
 from typing import Callable
 
+from .loss.seeds import prompt_order_seed
+
 
 
 def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
@@ -120,7 +122,7 @@ class PromptSampler:
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             order = list(range(len(self.rows)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(prompt_order_seed(self.seed, epoch)).shuffle(order)
             self._perms = {epoch: order}
         return self._perms[epoch]
 

@@ -33,6 +33,7 @@ from transformers import DynamicCache
 
 from ..loss import sampling as smp
 from .base import Rollout, SamplingConfig
+from .weights import hf_weights
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +194,7 @@ def _before_stop(text: str, stop) -> str:
 
 def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Copy ``source``'s weights into the plain HF model ``target`` by HF name: FSDP2 shards gathered one tensor at
-    a time, LoRA deltas merged (``rapid.engines.vllm.hf_weights``). Collective under FSDP2: every rank calls it."""
-    from .vllm import hf_weights
-
+    a time, LoRA deltas merged (``rapid.engines.weights.hf_weights``). Collective under FSDP2: every rank calls it."""
     own = dict(target.named_parameters())
     with torch.no_grad():
         for name, tensor in hf_weights(source):

@@ -48,7 +48,6 @@ from typing import Iterator
 import torch
 
 from .profile_report import TRAIN_LANE, lane_overlap, lanes_section
-from .profile_report import merge_rank_metrics  # noqa: F401 (re-exported: the trainer's import point)
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +418,14 @@ class Profiler:
             },
             **extra,
         }
+
+
+def close_profiler(profiler) -> str | None:
+    """Write the profile only when this session completed a rollout: a run that failed at once must not
+    overwrite the profile of the run it tried to resume."""
+    if not profiler.rollouts:
+        profiler.output_dir = None
+    return profiler.close()
 
 
 def main(argv: list[str] | None = None) -> int:

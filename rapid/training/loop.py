@@ -27,10 +27,12 @@ from ..config import RapidConfig
 from ..distributed import Dist, main_logger
 from ..engines import make_engine
 from ..engines.hf import copy_weights
-from ..lifecycle import (SignalWatch, close_profiler, evaluated_at, quietly, save_final_model, seed_everything,
-                        start_engine_process)
+from ..checkpoint import save_final_model
+from ..engines.process.launch import start_engine_process
+from ..loss.seeds import completion_log_seed, seed_everything
 from ..observe.loggers import CompletionLog
-from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
+from ..observe.profiling import close_profiler
+from .metrics import MetricsSink, SignalWatch, StopFlag, evaluated_at, make_profiler, progress_bar, quietly
 from ..models import apply_peft, load_model, training_device
 from .overlap import Pipeline, Request
 from .policy import Policy
@@ -170,8 +172,8 @@ class Training:
         run.rollout += 1
         buffer, info = pending.buffer, pending.info
         if cfg.log_completions:
-            self.completions.write(completion_rows(buffer, info, cfg.log_completions, cfg.seed + run.rollout),
-                                   run.rollout)
+            self.completions.write(completion_rows(buffer, info, cfg.log_completions,
+                                                   completion_log_seed(cfg.seed, run.rollout)), run.rollout)
         metrics = profiler.end_rollout()
         metrics.update(rollout_metrics(buffer, info, pending.step_stats))
         metrics = self.dist.reduce_metrics(metrics)            # timings: slowest rank; diagnostics: mean

@@ -23,7 +23,7 @@ import time
 
 from .buffer import RolloutBuffer
 from ..config import RapidConfig
-from ..engines.vllm import EngineError
+from ..engines.base import EngineError
 from .rollout import RolloutInfo, score_rows
 from .session import Pending
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .buffer import RolloutBuffer, score
 from ..config import RapidConfig
 from ..engines import SamplingConfig
+from ..loss.seeds import eval_seed, rollout_seed
 
 
 @dataclass
@@ -32,7 +33,7 @@ def rollout_sampling(cfg: RapidConfig, rollout_index: int, first_key: int, num_p
     rollout (``groups``, default all ``num_prompts``) is keyed by its global position ``first_key + g``."""
     groups = list(range(num_prompts or 0)) if groups is None else groups
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + rollout_index,
+                          top_p=cfg.top_p, seed=rollout_seed(cfg.seed, rollout_index),
                           stop=tuple(cfg.stop) if cfg.stop else None,
                           prompt_keys=tuple(first_key + g for g in groups))
 
@@ -157,7 +158,7 @@ def eval_records(engine, model, rows: list[dict], texts: list[str], reward_fn, c
     sampled = None
     if cfg.eval_samples:
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                  top_p=cfg.top_p, seed=cfg.seed * 1_000_003 - 1, stop=stop,
+                                  top_p=cfg.top_p, seed=eval_seed(cfg.seed), stop=stop,
                                   prompt_keys=tuple(hash_key(row) for row in rows))
         sampled = engine.generate(texts, cfg.eval_samples, sampling)
     engine.sleep()

@@ -22,6 +22,8 @@ import torch
 from .. import checkpoint
 from .buffer import RolloutBuffer
 from ..distributed import Dist
+from ..engines.weights import merged_copy
+from ..loss import seeds
 from .rollout import RolloutInfo, merge_rollouts, plan_rollout, subset_rollout
 
 
@@ -123,7 +125,7 @@ class Session:
         return None
 
     def minibatch_seed(self, rollout: int) -> int:
-        return self.cfg.seed * 7_919 + rollout
+        return seeds.minibatch_seed(self.cfg.seed, rollout)
 
     # ---- metrics across ranks ------------------------------------------------------------------------------------
     def rollout_totals(self, buffer: RolloutBuffer) -> dict[str, float]:
@@ -153,9 +155,4 @@ def share(items: list, dist: Dist) -> list:
 def engine_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A full, unsharded copy of the model for an in-process HF engine under FSDP2 (generation must not run the
     sharded training model: ranks stop at different lengths, and its forward gathers collectively)."""
-    import copy
-
-    replica = copy.deepcopy(model)
-    if hasattr(replica, "merge_and_unload"):          # LoRA: the engine runs merged weights under plain HF names
-        replica = replica.merge_and_unload()
-    return replica.eval().requires_grad_(False)
+    return merged_copy(model).eval().requires_grad_(False)   # LoRA: the engine runs merged weights, plain HF names

@@ -21,9 +21,11 @@ import torch
 from rapid.config import RapidConfig
 from rapid.engines import make_engine
 from rapid.engines.base import SamplingConfig
-from rapid.engines.process import client as remote
+from rapid.engines.process import launch
 from rapid.engines.process.client import ProcessEngine
-from rapid.engines.vllm import EngineError, hf_weights, vllm_available
+from rapid.engines.base import EngineError
+from rapid.engines.vllm import vllm_available
+from rapid.engines.weights import hf_weights
 from rapid.tiny import build_tiny
 
 PROMPTS = ["12+34=", "hello", "a"]
@@ -339,7 +341,7 @@ def test_user_script_runs_once_and_the_child_dies_with_the_parent(tmp_path, endi
             parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=60)
         assert wait_gone(child_pid), f"engine process {child_pid} outlived its parent"
-        assert time.monotonic() - printed < remote._CLOSE_GRACE_S, "exit waited for the in-flight generation"
+        assert time.monotonic() - printed < launch._CLOSE_GRACE_S, "exit waited for the in-flight generation"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -174,14 +174,14 @@ def test_overlap_refusals():
 
 
 def test_overlap_on_cuda_puts_each_engine_on_a_gpu_of_its_own(monkeypatch):
-    from rapid import lifecycle
+    from rapid.engines.process import launch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert lifecycle.engine_gpu(torch.device("cuda", 0)) == torch.device("cuda", 1)
+    assert launch.engine_gpu(torch.device("cuda", 0)) == torch.device("cuda", 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                 # torchrun, 2 ranks: GPUs 0, 1 train; 2, 3 generate
-    assert [lifecycle.engine_gpu(torch.device("cuda", i)) for i in (0, 1)] == [torch.device("cuda", 2),
+    assert [launch.engine_gpu(torch.device("cuda", i)) for i in (0, 1)] == [torch.device("cuda", 2),
                                                                               torch.device("cuda", 3)]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(ValueError, match="4 GPU\\(s\\) for 4 trainer process"):
-        lifecycle.engine_gpu(torch.device("cuda", 0))
+        launch.engine_gpu(torch.device("cuda", 0))

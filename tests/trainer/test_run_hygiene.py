@@ -31,7 +31,7 @@ def test_no_warning_when_rewards_vary(tiny, caplog):
 def test_no_signal_after_learning_warns_only_for_a_long_stall():
     """Small rollouts of a model that already learns often carry no signal (the demo's GRPG: 2 groups per call);
     that is warned once a stretch spans STALL_GROUPS groups, not every few rollouts."""
-    from rapid.lifecycle import SignalWatch
+    from rapid.training.metrics import SignalWatch
 
     log = logging.getLogger("test-signal-watch")
     records = []

@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -50,19 +49,18 @@ from typing import Literal
 
 import torch
 
-from ..base import Rollout, SamplingConfig
-from .worker import SharedBuffer
+from ..base import EngineError, Rollout, SamplingConfig
+from ..weights import hf_model, hf_weights
 from .weight_channel import WeightChannel
-from ..vllm import EngineError, _base_model, hf_weights
+from .launch import _CLOSE_GRACE_S, _physical_gpu, _release, _shutdown, _tail, available_cpus
+from .worker import SharedBuffer
 
-__all__ = ["ProcessEngine", "EngineError", "available_cpus"]
+__all__ = ["ProcessEngine", "EngineError"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2            # how often a waiting parent checks that the child is alive
 _ALIGN_BYTES = 64        # each weight starts on a cache line in the shared buffer
-_LOG_TAIL_LINES = 40
-_CLOSE_GRACE_S = 15.0       # vLLM's own shutdown takes ~3 s on the 2-core box
 DEFAULT_TRANSPORT = "shm"   # unless both ends are on CUDA; the tests switch it to run the broadcast path on gloo
 
 
@@ -167,7 +165,7 @@ class ProcessEngine:
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._channel,
                                            self._tmpdir, self._pending)
 
-        base = _base_model(model)
+        base = hf_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
                 "model_config": base.config, "generation_config": getattr(base, "generation_config", None),
                 "attn_implementation": _cpu_attention(base.config),
@@ -412,32 +410,6 @@ class ProcessEngine:
         return EngineError(message)
 
 
-def available_cpus() -> int:
-    """Cores this process may run on (its affinity mask: taskset / cgroup cpusets), else ``os.cpu_count()``."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _physical_gpu(device: torch.device) -> str:
-    """The ``CUDA_VISIBLE_DEVICES`` entry of ``device`` (this process's numbering), for a child that sees only it."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return str(index)
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if index >= len(entries):
-        raise ValueError(f"CUDA device {index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
-    return entries[index]
-
-
-def _release(shm: SharedBuffer | None, channel: WeightChannel | None) -> None:
-    if shm is not None:
-        shm.close()
-    if channel is not None:
-        channel.close()
-
-
 def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str, int, tuple[int, ...]]], int]:
     """(name, element offset, shape) of each HF-named weight in the shared buffer, and the buffer's length."""
     align = max(1, _ALIGN_BYTES // dtype.itemsize)
@@ -455,40 +427,3 @@ def _cpu_attention(model_config) -> str:
     """The trainer's attention implementation when it runs on CPU (eager / sdpa), else sdpa (flash-attn on CUDA)."""
     name = getattr(model_config, "_attn_implementation", None)
     return name if name in ("eager", "sdpa") else "sdpa"
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer | None, channel: WeightChannel | None,
-              tmpdir: str | None, pending: dict) -> None:
-    """Stop and reap the child, then free the channel, the shared buffer and the temporary directory.
-
-    A weakref finalizer: runs on ``close()``, on garbage collection, or at interpreter exit, whichever is first.
-    With generations in flight nobody will collect, the child is terminated at once instead of asked to close.
-    """
-    if proc.poll() is None and pending:
-        proc.terminate()
-    if proc.poll() is None:
-        try:
-            conn.send_bytes(pickle.dumps(("close",)))
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=_CLOSE_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=_CLOSE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    conn.close()
-    _release(shm, channel)
-    if tmpdir is not None:
-        shutil.rmtree(tmpdir, ignore_errors=True)
