@@ -131,6 +131,3 @@ class PromptSampler:
         out = [self._perm(i // len(self.rows))[i % len(self.rows)] for i in range(self.consumed, self.consumed + n)]
         self.consumed += n
         return out
-
-    def take(self, n: int) -> list[dict]:
-        return [self.rows[i] for i in self.take_indices(n)]

@@ -13,7 +13,7 @@ Order of calls on every rank (each is collective where noted)::
     ... per micro-batch: with no_sync(wrapped, enabled=not last): loss.backward()
     dist.barrier("rollout 3")                 # collective: RankFailureError naming a rank that did not arrive
     metrics = dist.reduce_metrics(metrics)    # collective: identical reduced dict on every rank
-    for name, w in full_parameters(hf_model): engine takes w     # collective under FSDP2: all ranks iterate fully
+    for name, w in hf_weights(model): engine takes w   # engines.weights; collective under FSDP2: ranks iterate fully
     dist.close()
 
 Hung and crashed ranks: the process group and the gloo monitor group are created with ``timeout_s``, so a blocked

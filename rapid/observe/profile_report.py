@@ -90,35 +90,6 @@ def lanes_section(train: list, lanes: dict[str, list], running: dict[str, tuple[
             "overlap": overlap}
 
 
-def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """One rollout's metrics for the whole job from each rank's ``Profiler.end_rollout()`` dict.
-
-    A synchronous job runs at its slowest rank: ``timing_s/*`` and ``perf/max_memory_allocated_gb`` take the max.
-    Rates are recombined from each rank's own time: ``perf/throughput`` = Σ tokens_r / max step time,
-    ``perf/tokens_per_s/<p>`` likewise over ``timing_s/<p>``, ``perf/mfu/actor|gen`` = Σ FLOPs_r / (max time ·
-    ranks · peak). Any other number is the mean over the ranks that report it.
-    """
-    if not per_rank:
-        raise ValueError("per_rank must hold at least one rank's metrics")
-    time_of = {"perf/throughput": "timing_s/step", "perf/mfu/actor": "timing_s/update_actor",
-               "perf/mfu/gen": "timing_s/gen"}
-    merged: dict[str, float] = {}
-    for key in dict.fromkeys(k for metrics in per_rank for k in metrics):
-        values = [m for m in per_rank if key in m]
-        if key.startswith("timing_s/") or key == "perf/max_memory_allocated_gb":
-            merged[key] = max(m[key] for m in values)
-            continue
-        time_key = time_of.get(key) or (f"timing_s/{key.rsplit('/', 1)[1]}" if key.startswith("perf/tokens_per_s/")
-                                        else None)
-        if time_key is not None and all(m.get(time_key) for m in values):
-            slowest = max(m[time_key] for m in values)
-            total = sum(m[key] * m[time_key] for m in values) / slowest   # Σ work / slowest time
-            merged[key] = total / len(per_rank) if key.startswith("perf/mfu/") else total
-        else:
-            merged[key] = sum(m[key] for m in values) / len(values)
-    return merged
-
-
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 

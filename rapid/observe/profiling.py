@@ -18,7 +18,6 @@ shared by all processes on the machine; ``end=None`` marks one still running, co
 interval arrives) and wraps its own waiting for the engine in the idle phase ``gen_wait``. ``end_rollout`` then adds
 ``perf/overlap_frac``: the fraction of the rollout's wall-clock in which the trainer (any phase but ``gen_wait``)
 and another lane were both busy; profile.json has the run-wide ``overlap`` and the PNG a row per lane.
-``merge_rank_metrics`` combines the per-rank ``end_rollout`` dicts of a distributed run (slowest rank's times).
 
 Measurement rules:
 - On CUDA the device is synchronised at phase boundaries, so queued kernels land in the phase that launched them.

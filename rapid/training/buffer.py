@@ -10,7 +10,6 @@ weights and baseline couple the sequences of a group.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -101,15 +100,6 @@ class RolloutBuffer:
 
     def set_behavior(self, logprobs: list[torch.Tensor]) -> None:
         self.behavior = [lp.detach().float().cpu() for lp in logprobs]
-
-    def minibatches(self, num_steps: int, seed: int) -> list[list[int]]:
-        """``num_steps`` disjoint lists of group indices, after a seeded shuffle of the groups."""
-        if self.num_groups % num_steps:
-            raise ValueError(f"{self.num_groups} groups cannot be split into {num_steps} equal mini-batches")
-        order = list(range(self.num_groups))
-        random.Random(seed).shuffle(order)
-        per = self.num_groups // num_steps
-        return [order[i * per:(i + 1) * per] for i in range(num_steps)]
 
     def zero_variance(self, group: int) -> bool:
         """All K rewards of the group are equal (no learning signal on-policy)."""
