@@ -51,9 +51,11 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
                                  timeout_s=timeout_s, should_stop=should_stop)
     rewards = [0.0 if r is None else float(r) for r in raw]
     # reward/errors counts every sample scored 0.0 for want of a reward: exceptions, timeouts, bad returns and
-    # None returned by reward_fn itself (broken down in reward/timeouts and reward/none).
+    # None returned by reward_fn itself (broken down in reward/timeouts and reward/none). The counters only: the
+    # rollout's reward mean / std (of the 0-filled rewards, every rank's) are Session.rollout_totals'.
     out = {"reward/errors": float(sum(r is None for r in raw))}
-    out.update({k: float(v) for k, v in stats.items() if k.startswith("reward/") and k != "reward/errors"})
+    out.update({k: float(v) for k, v in stats.items()
+                if k.startswith("reward/") and k not in ("reward/errors", "reward/mean", "reward/std")})
     return rewards, out
 
 

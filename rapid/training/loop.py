@@ -34,11 +34,11 @@ from ..observe.loggers import CompletionLog
 from ..observe.profiling import close_profiler
 from .metrics import MetricsSink, SignalWatch, StopFlag, evaluated_at, make_profiler, progress_bar, quietly
 from ..models import apply_peft, load_model, training_device
-from .overlap import Pipeline, Request
+from .overlap import Pipeline
 from .policy import Policy
 from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, plan_rollout, rollout_metrics,
                       rollout_sampling)
-from .session import Pending, Session, engine_copy, share
+from .session import Pending, Request, Session, engine_copy, share
 from .update import recompute_behavior, update
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class Training:
             self.completions.write(completion_rows(buffer, info, cfg.log_completions,
                                                    completion_log_seed(cfg.seed, run.rollout)), run.rollout)
         metrics = profiler.end_rollout()
-        metrics.update(rollout_metrics(buffer, info, pending.step_stats))
+        metrics.update(rollout_metrics(info, pending.step_stats))
         metrics = self.dist.reduce_metrics(metrics)            # timings: slowest rank; diagnostics: mean
         metrics.update(run.rollout_totals(buffer))             # rewards and lengths of the whole rollout
         metrics.update({"rollout": run.rollout, "global_step": run.global_step, "time/train_s": run.train_seconds,
@@ -215,9 +215,7 @@ class Training:
             if self.cfg.behavior_source == "recompute":
                 with self.profiler.phase("old_log_prob"):
                     recompute_behavior(self.policy, buffer)
-            return run.accept(Pending(buffer=buffer, info=info, h=req.h, groups=req.groups, plan=req.plan,
-                                      num_groups=req.num_groups, weights_step=run.global_step,
-                                      first_key=req.first_key))
+            return run.accept(Pending.of(req, buffer, info, weights_step=run.global_step))
         if run.ready is None and not pipeline.busy:
             pipeline.submit(self._request(run.rollout), run.global_step)
         pending = run.accept(run.ready if run.ready is not None else pipeline.take())

@@ -112,17 +112,12 @@ def score_rows(reward_fn, cfg: RapidConfig, rollout, rows: list[dict], should_st
                  should_stop)
 
 
-def rollout_metrics(buffer: RolloutBuffer, info: RolloutInfo, step_stats: list[dict[str, float]]) -> dict:
-    """Reward, length and per-step diagnostics of one rollout (timings come from the profiler)."""
-    rollout, rewards = buffer.rollout, buffer.rewards
-    lengths = [len(c) for c in rollout.completion_ids]
+def rollout_metrics(info: RolloutInfo, step_stats: list[dict[str, float]]) -> dict:
+    """This rank's reward-scoring counters and per-step diagnostics of one rollout (timings come from the profiler;
+    the whole rollout's reward and length statistics, over every rank, from ``Session.rollout_totals``)."""
     metrics = {
         **info.reward_stats,                                    # errors, timeouts (the mean is of the 0-filled)
         "rapid/steps": float(len(step_stats)),
-        "reward/mean": statistics.fmean(rewards), "reward/std": statistics.pstdev(rewards),
-        "response_length/mean": statistics.fmean(lengths),
-        "response_length/max": float(max(lengths)),
-        "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
     }
     keys = list(dict.fromkeys(k for s in step_stats for k in s))
     for key in keys:

@@ -28,6 +28,20 @@ from .rollout import RolloutInfo, merge_rollouts, plan_rollout, subset_rollout
 
 
 @dataclasses.dataclass
+class Request:
+    """What a rollout will be: its prompts (this rank's share), sampling and mini-batch plan."""
+
+    rows: list[dict]
+    texts: list[str]
+    sampling: object
+    h: int
+    groups: list[int]
+    plan: list[list[int]]
+    num_groups: int
+    first_key: int = 0
+
+
+@dataclasses.dataclass
 class Pending:
     """A rollout being trained on: this rank's buffer, its mini-batches and how far the update got."""
 
@@ -42,6 +56,12 @@ class Pending:
     next_step: int = 0
     step_stats: list = dataclasses.field(default_factory=list)
     tokens: int = 0
+
+    @classmethod
+    def of(cls, request: Request, buffer: RolloutBuffer, info: RolloutInfo, weights_step: int) -> Pending:
+        """The generated and scored ``request``, sampled from the weights of global step ``weights_step``."""
+        return cls(buffer=buffer, info=info, h=request.h, groups=request.groups, plan=request.plan,
+                   num_groups=request.num_groups, weights_step=weights_step, first_key=request.first_key)
 
 
 class Session:

@@ -52,7 +52,6 @@ def update(policy: Policy, buffer: RolloutBuffer, plan: list[list[int]], start: 
             stats = two_phase_step(policy, buffer, micro, total, scale)
         else:
             stats = one_phase_step(policy, buffer, micro, total, scale)
-        stats["rapid/staleness"] = float(j)              # optimizer steps since the rollout's weights
         stats["rapid/split_groups"] = float(split)
         stats["rapid/skipped_groups"] = float(len(groups) - len(kept))
         step_stats.append(stats)
