@@ -1,4 +1,4 @@
-"""The ESTIMATED H100 memory plan (benchmarks/memory/plan_h100.py) keeps its arithmetic: hand-computed totals for
+"""The ESTIMATED H100 memory plan (rapid/memory_plan.py) keeps its arithmetic: hand-computed totals for
 Qwen2.5-1.5B, parameter counts equal transformers' own models, and the activation formula equals the bytes autograd
 really saves in a (tiny) Qwen2 stack under bf16 autocast, so a change in transformers' layers cannot rot it silently."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.memory import activations_cpu
-from benchmarks.memory import plan_h100 as plan
+from rapid import memory_plan as plan
 
 # Qwen2.5-1.5B by hand: embedding 151936·1536 = 233,373,696; per layer q 1536·1536 + 1536, k and v 1536·256 + 256
 # each, o 1536·1536, MLP 3·1536·8960, two norms 2·1536 → 46,797,824; × 28 = 1,310,339,072; final norm 1536.

@@ -1,4 +1,4 @@
-"""Measure on CPU what ``plan_h100``'s activation formula predicts: bytes per token per Qwen2 decoder layer.
+"""Measure on CPU what ``rapid.memory_plan``'s activation formula predicts: bytes per token per Qwen2 decoder layer.
 
     python -m benchmarks.memory.activations_cpu                 # saved bytes at both real shapes (+ peak, 1.5B)
     python -m benchmarks.memory.activations_cpu --no-peak       # saved bytes only (~1 min)
@@ -27,8 +27,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.memory import plan_h100 as plan
-from benchmarks.memory.plan_h100 import ModelShape
+from rapid import memory_plan as plan
+from rapid.memory_plan import ModelShape
 
 RESULT_TAG = "ACTIVATIONS_RESULT "
 

@@ -1,7 +1,7 @@
 """ESTIMATED H100-80GB memory plan for full fine-tuning of Qwen2.5-1.5B / 0.5B with rapid next to colocated vLLM.
 
-    python -m benchmarks.memory.plan_h100                                   # both models, default budgets
-    python -m benchmarks.memory.plan_h100 --gpu-memory-utilization 0.3 --micro-batch-tokens 8192,16384
+    python -m rapid.memory_plan                                   # both models, default budgets
+    python -m rapid.memory_plan --gpu-memory-utilization 0.3 --micro-batch-tokens 8192,16384
 
 Nothing here is measured on a GPU: it is a cost model (every output is labelled ESTIMATE). The activation formula
 was checked on CPU against the bytes autograd really saves (``python -m benchmarks.memory.activations_cpu``: exact
