@@ -6,7 +6,7 @@ import torch
 
 from rapid.loss.algorithms import PackedBatch, loss_from_hidden
 
-from .conftest import small_config
+from rapid.testing import small_config
 
 
 def _batch(n_seqs=8, vocab=50, dim=16, seed=0):

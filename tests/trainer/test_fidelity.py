@@ -7,7 +7,7 @@ import torch
 import rapid
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 
 def _weights(model):

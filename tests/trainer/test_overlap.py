@@ -12,7 +12,7 @@ from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 OVERLAP = dict(overlap=True, engine_threads=1, num_rollouts=3)
 

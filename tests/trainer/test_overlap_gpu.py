@@ -18,7 +18,7 @@ from rapid.engines.process.client import ProcessEngine
 from rapid.engines.weights import hf_weights
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 pytestmark = pytest.mark.gpu
 

@@ -6,7 +6,7 @@ import torch
 import rapid
 from rapid.training.policy import lr_lambda
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 
 def _moved_fraction(before: dict, model) -> float:

@@ -10,7 +10,7 @@ import pytest
 import rapid
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 
 def test_no_learning_signal_is_warned_loudly(tiny, caplog):

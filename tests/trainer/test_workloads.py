@@ -10,7 +10,8 @@ from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, assert_same_grads, capture_step_grads, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
+from .conftest import assert_same_grads, capture_step_grads
 
 
 def test_hf_stop_strings_cut_tokens_and_text_consistently(tiny):
