@@ -40,9 +40,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
-from .config import RapidConfig
 from .distributed import Dist, current_dist
-from .engines.weights import merged_copy, unwrap
+from .engines.weights import unwrap
 from .loss.seeds import rank_seed, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -399,43 +398,3 @@ def load_rank_state(path: str | Path, dist: Dist | None = None) -> Any:
         logger.warning("rank %d: %s holds no per-rank state for this rank", d.rank, Path(path).name)
         return None
     return torch.load(own, map_location="cpu", weights_only=False).get("rank_state")
-
-
-# ---- the run's output directory ----------------------------------------------------------------------------
-def holds_a_run(out_dir: Path) -> bool:
-    root = out_dir / "checkpoints"
-    return (out_dir / "metrics.jsonl").exists() or (root.is_dir() and any(root.iterdir()))
-
-
-def check_resume_config(cfg: RapidConfig, last: Path) -> None:
-    """Refuse to resume with settings that change the maths, unless allow_config_change."""
-    saved_path = last / "config.json"
-    if not saved_path.exists():
-        return
-    changed = cfg.maths_changes(json.loads(saved_path.read_text()))
-    if changed and not cfg.allow_config_change:
-        raise ValueError(f"resume: the config differs from the checkpoint's ({last.name}) in {', '.join(changed)}, "
-                         "which changes the maths of the run; pass allow_config_change=True "
-                         "(--allow-config-change) to continue anyway, or use another output_dir")
-
-
-def save_final_model(policy, tokenizer, out_dir: Path, full=None) -> None:
-    """``output_dir/model``: a full HF model directory any tool (``rapid eval``, vLLM) loads, written by rank 0. A
-    LoRA run also writes the adapter alone to ``output_dir/adapter``; ``model`` then holds the merged weights.
-    Under FSDP2 ``full`` is the unsharded copy the trainer already filled with the whole (LoRA: merged) weights, so
-    only a LoRA adapter needs the sharded state gathered."""
-    model, dist = policy.model, policy.dist
-    lora = hasattr(model, "peft_config")
-    state = None
-    if lora and dist.active and policy.cfg.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not dist.is_main:
-        return
-    if lora:
-        model.save_pretrained(out_dir / "adapter", state_dict=state)
-    if full is None:
-        full = merged_copy(model) if lora else model
-    full.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")

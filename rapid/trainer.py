@@ -33,7 +33,7 @@ import logging
 from pathlib import Path
 
 from . import checkpoint, data
-from .checkpoint import check_resume_config, holds_a_run
+from .output_dir import check_resume_config, holds_a_run
 from .config import RapidConfig
 from .distributed import Dist, check_parallel, init_distributed, main_logger
 from .training.loop import Inputs, Training, TrainResult

@@ -27,7 +27,7 @@ from ..config import RapidConfig
 from ..distributed import Dist, main_logger
 from ..engines import make_engine
 from ..engines.hf import copy_weights
-from ..checkpoint import save_final_model
+from ..output_dir import save_final_model
 from ..engines.process.launch import start_engine_process
 from ..loss.seeds import completion_log_seed, seed_everything
 from ..observe.loggers import CompletionLog
