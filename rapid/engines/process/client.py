@@ -31,7 +31,6 @@ Design:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import signal
@@ -53,14 +52,13 @@ from ..base import EngineError, Rollout, SamplingConfig
 from ..weights import hf_model, hf_weights
 from .weight_channel import WeightChannel
 from .launch import _CLOSE_GRACE_S, _physical_gpu, _release, _shutdown, _tail, available_cpus
-from .worker import SharedBuffer
+from .shared_weights import SharedBuffer, copy_weights, views, weight_layout
 
 __all__ = ["ProcessEngine", "EngineError"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2            # how often a waiting parent checks that the child is alive
-_ALIGN_BYTES = 64        # each weight starts on a cache line in the shared buffer
 DEFAULT_TRANSPORT = "shm"   # unless both ends are on CUDA; the tests switch it to run the broadcast path on gloo
 
 
@@ -122,7 +120,7 @@ class ProcessEngine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "engine_worker.log"
 
-        layout, numel = _layout(model, self.dtype)
+        layout, numel = weight_layout(model, self.dtype)
         self._layout = layout
         self._shm: SharedBuffer | None = None
         self._channel: WeightChannel | None = None
@@ -130,9 +128,9 @@ class ProcessEngine:
         if transport == "shm":
             self._shm = SharedBuffer(numel, self.dtype)
             flat = self._shm.tensor                                               # (numel,)
-            self._views = {name: flat[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
+            self._views = views(flat, layout)
             try:
-                self._copy_weights(model)
+                copy_weights(model, self._views)
             except BaseException:
                 self._shm.close()
                 raise
@@ -265,7 +263,7 @@ class ProcessEngine:
         version = self._version + 1
         self._torn = True
         if self._channel is None:
-            self._copy_weights(model)                # into the buffer the child's parameters view (or copy in)
+            copy_weights(model, self._views)                # into the buffer the child's parameters view (or copy in)
             self._send(("load", version))
         else:
             self._send(("load", version))            # the child starts receiving; the broadcast follows
@@ -283,22 +281,6 @@ class ProcessEngine:
         self.last_sync_s = time.perf_counter() - start
         self._timings["timing_s/update_weights"] += self.last_sync_s
         return self._version
-
-    def _copy_weights(self, model: torch.nn.Module) -> None:
-        seen = 0
-        with torch.no_grad():
-            for name, tensor in hf_weights(model):      # FSDP2 shards arrive gathered, one at a time
-                view = self._views.get(name)
-                if view is None:
-                    raise EngineError(f"weight {name!r} is not in the engine's layout: the model's structure "
-                                      "changed since the engine started")
-                if tuple(tensor.shape) != tuple(view.shape):
-                    raise EngineError(f"weight {name!r} has shape {tuple(tensor.shape)}, the engine's is "
-                                      f"{tuple(view.shape)}")
-                view.copy_(tensor)                       # casts to the engine dtype and moves to host memory
-                seen += 1
-        if seen != len(self._views):
-            raise EngineError(f"the model yielded {seen} weights, the engine holds {len(self._views)}")
 
     # --- Engine protocol no-ops and bookkeeping -------------------------------------------------------------------
     def sleep(self) -> None:
@@ -408,19 +390,6 @@ class ProcessEngine:
     def _fail(self, message: str) -> EngineError:
         self._failed = message.split("\n", 1)[0]
         return EngineError(message)
-
-
-def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str, int, tuple[int, ...]]], int]:
-    """(name, element offset, shape) of each HF-named weight in the shared buffer, and the buffer's length."""
-    align = max(1, _ALIGN_BYTES // dtype.itemsize)
-    layout, offset = [], 0
-    for name, tensor in hf_weights(model):
-        shape = tuple(tensor.shape)                      # a DTensor reports its global shape
-        layout.append((name, offset, shape))
-        offset += -(-math.prod(shape) // align) * align
-    if not layout:
-        raise ValueError("model has no weights to share with the engine")
-    return layout, offset
 
 
 def _cpu_attention(model_config) -> str:

@@ -15,7 +15,7 @@ import torch
 from ...config import RapidConfig
 from ...distributed import main_logger
 from .weight_channel import WeightChannel
-from .worker import SharedBuffer
+from .shared_weights import SharedBuffer
 
 log = main_logger(__name__)
 

@@ -15,11 +15,11 @@ Protocol (parent → child, one reply each except ``fault``):
     ("close",)                        → the child closes its engine and exits 0
 
 The child's model is built from the trainer model's config in the engine dtype. On CPU with shared memory each of
-its parameters is a view of one buffer (``SharedBuffer``, created by the parent) that the parent writes
+its parameters is a view of one buffer (``shared_weights.SharedBuffer``, created by the parent) that the parent writes
 (``ProcessEngine.sync_weights``), so for HF a weight update costs the parent's one copy and nothing here; vLLM
 copies the views into its own parameters on ``load``. On a GPU (its own: ``CUDA_VISIBLE_DEVICES`` names it alone)
 the parameters live on ``cuda:0`` and ``load`` fills them from the views or, with ``transport="broadcast"``, from
-the weight group (``_weight_channel``: joined right after ``init``, version 0 received before ``ready``).
+the weight group (``weight_channel``: joined right after ``init``, version 0 received before ``ready``).
 
 The child exits by itself when the parent dies: EOF on the channel, or (when a fork of the parent still holds the
 channel open, or the child is busy generating) a watcher thread that sees its parent pid change. SIGINT is ignored:
@@ -36,7 +36,6 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -66,43 +65,6 @@ def _watch_parent(parent_pid: int) -> None:
             time.sleep(PARENT_POLL_S)
 
     threading.Thread(target=watch, name="rapid-engine-parent-watch", daemon=True).start()
-
-
-class SharedBuffer:
-    """The parent's side of the shared weights: ``numel`` elements of ``dtype`` in memory both processes map (the
-    child opens ``path`` with ``torch.from_file(..., shared=True)``): a memfd (Linux; passed to the child as an
-    inherited fd, never visible in /dev/shm, so nothing can leak) or a temporary file in /dev/shm (elsewhere),
-    unlinked once the child has mapped it."""
-
-    def __init__(self, numel: int, dtype) -> None:
-        import torch
-
-        nbytes = numel * dtype.itemsize
-        self.fds: tuple[int, ...] = ()
-        self._file: str | None = None
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("rapid-engine-weights")
-            os.ftruncate(fd, nbytes)
-            self.fds, self.path = (fd,), f"/proc/self/fd/{fd}"    # the child inherits fd under the same number
-        else:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            handle, self._file = tempfile.mkstemp(prefix="rapid-engine-weights-", dir=shm)
-            os.ftruncate(handle, nbytes)
-            os.close(handle)
-            self.path = self._file
-        self.tensor = torch.from_file(self.path, shared=True, size=numel, dtype=dtype)   # (numel,)
-
-    def attached(self) -> None:
-        """The child has mapped the buffer: its name is no longer needed."""
-        if self._file is not None:
-            os.unlink(self._file)
-            self._file = None
-
-    def close(self) -> None:
-        self.attached()
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = ()
 
 
 class _Worker:
