@@ -155,7 +155,7 @@ def activation_bytes_per_token(s: ModelShape, gradient_checkpointing: bool) -> i
 
 def dz_budget_bytes() -> int:
     """The Triton backward's d-logits chunk bound, read from the kernel module so the plan follows the kernel."""
-    return int(importlib.import_module("rapid_kernels.linear_token_logprobs").DZ_BUDGET_BYTES)
+    return int(importlib.import_module("rapid_kernels._linear_token_logprobs").DZ_BUDGET_BYTES)
 
 
 def lm_head_fixed_bytes(s: ModelShape) -> int:
