@@ -20,7 +20,7 @@ Design:
   ``full_tensor``). The child's HF model parameters *are* views of that buffer; a vLLM child copies them into its
   engine (``load_weights``). The child acknowledges each version; every rollout reports the version it used.
 - Weights on CUDA (``transport="broadcast"``, the default when the engine has a GPU of its own): a two-member
-  process group of their own (``_weight_channel``: NCCL between the trainer's GPU and the engine's, gloo on CPU
+  process group of their own (``weight_channel``: NCCL between the trainer's GPU and the engine's, gloo on CPU
   where the tests run it), one broadcast per bucket of the HF-named weights in the engine dtype. The child's
   ``CUDA_VISIBLE_DEVICES`` is the engine GPU alone, so its device is ``cuda:0``.
 - Failures: an exception in the child comes back as text and raises ``EngineError`` in ``result``; a dead child
