@@ -9,7 +9,6 @@ from typing import Callable
 from .loss.seeds import prompt_order_seed
 
 
-
 def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
     """A list of dicts with a string ``"prompt"`` and the same columns in every row, or a ValueError naming it."""
     if dataset is None:

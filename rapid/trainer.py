@@ -33,11 +33,11 @@ import logging
 from pathlib import Path
 
 from . import checkpoint, data
-from .output_dir import check_resume_config, holds_a_run
 from .config import RapidConfig
 from .distributed import Dist, check_parallel, init_distributed, main_logger
-from .training.loop import Inputs, Training, TrainResult
 from .models import chat_template_decision, check_output_dir, context_length, load_tokenizer, resolve_model_arg
+from .output_dir import check_resume_config, holds_a_run
+from .training.loop import Inputs, Training, TrainResult
 from .training.rollout import evaluate_rewards
 
 logger = logging.getLogger(__name__)

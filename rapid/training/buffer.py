@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from ..loss.algorithms import PackedBatch
 from ..engines.base import Rollout
+from ..loss.algorithms import PackedBatch
 
 
 @dataclass

@@ -20,9 +20,9 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from .buffer import RolloutBuffer
 from ..config import RapidConfig
 from ..engines.base import EngineError
+from .buffer import RolloutBuffer
 from .rollout import RolloutInfo, score_rows
 from .session import Pending, Request
 

@@ -13,10 +13,10 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from .buffer import RolloutBuffer, score
 from ..config import RapidConfig
 from ..engines import SamplingConfig
 from ..loss.seeds import eval_seed, rollout_seed
+from .buffer import RolloutBuffer, score
 
 
 @dataclass

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
-from .buffer import RolloutBuffer
 from ..distributed import Dist
 from ..engines.weights import merged_copy
 from ..loss import seeds
+from .buffer import RolloutBuffer
 from .rollout import RolloutInfo, merge_rollouts, plan_rollout, subset_rollout
 
 

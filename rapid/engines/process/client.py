@@ -50,9 +50,9 @@ import torch
 
 from ..base import EngineError, Rollout, SamplingConfig
 from ..weights import hf_model, hf_weights
-from .weight_channel import WeightChannel
 from .launch import _CLOSE_GRACE_S, _physical_gpu, _release, _shutdown, _tail, available_cpus
 from .shared_weights import SharedBuffer, copy_weights, views, weight_layout
+from .weight_channel import WeightChannel
 
 __all__ = ["ProcessEngine", "EngineError"]
 

@@ -14,8 +14,8 @@ import torch
 
 from ...config import RapidConfig
 from ...distributed import main_logger
-from .weight_channel import WeightChannel
 from .shared_weights import SharedBuffer
+from .weight_channel import WeightChannel
 
 log = main_logger(__name__)
 
