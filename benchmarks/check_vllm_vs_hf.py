@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from rapid.demo import DemoSettings, sft_warm_start
     from rapid.engines.base import SamplingConfig
     from rapid.engines.hf import HFEngine
-    from rapid.engines.vllm import VLLMEngine, hf_weights
+    from rapid.engines.vllm import VLLMEngine
+    from rapid.engines.weights import hf_weights
     from rapid.engines import _vllm_compat as compat
     from rapid.tasks.arithmetic import make_arithmetic_task
     from rapid.trainer import evaluate_rewards

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 import uuid
@@ -36,13 +35,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
 from .distributed import Dist, current_dist
+from .engines.weights import unwrap
+from .loss.seeds import rank_seed, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -57,39 +57,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read (the message names the rank and the reason)."""
 
 
-# ---- RNG --------------------------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    """This process's RNG states: torch CPU, CUDA (current device, when initialised), python, numpy."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _derived_seed(base: dict, rank: int) -> int:
-    """A seed for a rank that has no saved RNG: a hash of rank 0's saved torch state and the rank (deterministic)."""
-    digest = hashlib.sha256(base["torch"].numpy().tobytes() + f"rank{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**63)
-
-
 # ---- names: the HF model's own, whatever wraps it -------------------------------------------------------------------
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    while type(model).__name__ in ("DistributedDataParallel", "OptimizedModule"):
-        model = model.module if hasattr(model, "module") else model._orig_mod
-    return model
-
-
 def _model_prefix(model: torch.nn.Module) -> str:
     """Path of the outermost peft / HF ``PreTrainedModel`` inside ``model`` (DDP / compile wrappers unwrapped)."""
-    for name, sub in _unwrapped(model).named_modules():
+    for name, sub in unwrap(model).named_modules():
         if hasattr(sub, "peft_config") or any(c.__name__ == "PreTrainedModel" for c in type(sub).__mro__):
             return f"{name}." if name else ""
     return ""
@@ -122,7 +93,7 @@ def _state_dicts(model: torch.nn.Module, optimizer) -> tuple[dict, dict | None]:
         msd, osd = get_state_dict(model, optimizer, options=options)
     # torch drops frozen parameters by their deduplicated names only: a tied alias of a frozen one (peft + tied
     # embeddings: lm_head.weight) would still be stored, so drop every name of a frozen parameter
-    frozen = {n for n, p in _unwrapped(model).named_parameters(remove_duplicate=False) if not p.requires_grad}
+    frozen = {n for n, p in unwrap(model).named_parameters(remove_duplicate=False) if not p.requires_grad}
     msd = {k: v for k, v in msd.items() if k not in frozen}
     return _renamed(msd, osd, _to_stored(_model_prefix(model)))
 
@@ -409,10 +380,8 @@ def _restore_rng(path: Path, d: Dist) -> None:
         set_rng_state(torch.load(own, map_location="cpu", weights_only=False)["rng"])
     else:
         base = torch.load(path / "ranks" / "rank-00000.pt", map_location="cpu", weights_only=False)["rng"]
-        seed = _derived_seed(base, d.rank)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
+        seed = rank_seed(base, d.rank)
+        seed_everything(seed)
         logger.warning("rank %d: %s has no RNG state for this rank (saved at world size %s): derived seed %d from "
                        "rank 0's state", d.rank, path.name, _meta(path).get("world_size"), seed)
     saved = _meta(path).get("world_size", 1)

@@ -27,6 +27,7 @@ from pathlib import Path
 from .cli_config import SPECIAL, add_config_flags, field_docs, load_config_file
 from .config import RapidConfig
 from .models import BUILTIN_MODELS, chat_template_decision, check_output_dir, resolve_model_arg
+from .tasks import get_task
 
 MODEL_HELP = ("HF hub id, local model directory, or 'tiny': a 0.3 M-parameter Qwen2 that make demo warm-started "
               "with supervised 2-digit + 1-digit addition, so RL has a signal to learn from (built on first use in "
@@ -47,24 +48,6 @@ def _task_args(pairs: list[str] | None) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-def get_task(name: str, **kwargs):
-    """The registered task; an option it does not take is a ValueError listing the ones it does."""
-    try:
-        from .tasks import get_task as registry_get_task
-    except ImportError as err:
-        raise ValueError(f"--task {name}: rapid.tasks.get_task is not available ({err})") from err
-    try:
-        return registry_get_task(name, **kwargs)
-    except TypeError as err:                          # a task module without rapid.tasks' own option check
-        if "unexpected keyword argument" not in str(err):
-            raise
-        from . import tasks
-
-        options = tasks.task_options(name) if hasattr(tasks, "task_options") else None
-        raise ValueError(f"--task-arg: {err}" + (f"; task {name!r} takes: {', '.join(options)}" if options else "")
-                         ) from None
 
 
 # --- commands -------------------------------------------------------------------------------------------------------
@@ -209,11 +192,8 @@ def _recorded_run(model: str) -> dict:
 
 
 def cmd_profile(argv: list[str]) -> int:
-    from . import profiling
+    from .observe import profiling
 
-    if not hasattr(profiling, "main"):
-        print("rapid profile: this install's rapid.profiling has no report entry point", file=sys.stderr)
-        return 2
     return int(profiling.main(argv) or 0)
 
 
@@ -280,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--chat-template", choices=("auto", "on", "off"), default=None,
                     help=field_docs().get("chat_template", "") + " (default: as the run was trained, else auto)")
-    sub.add_parser("profile", help="report of a run's profile (rapid.profiling)", add_help=False)
+    sub.add_parser("profile", help="report of a run's profile (rapid.observe.profiling)", add_help=False)
     return parser
 
 

@@ -57,7 +57,7 @@ class RapidConfig:
     advantage is exactly 0) the update is unchanged. Counted in rapid/skipped_groups."""
     adaptive_h: bool = False
     """Choose H (steps per rollout) each rollout from the importance weights' ESS / clip fraction and the measured
-    phase times; prompts_per_rollout is then the largest rollout (rapid.adaptive.AdaptiveH)."""
+    phase times; prompts_per_rollout is then the largest rollout (rapid.training.adaptive.AdaptiveH)."""
 
     # --- optimisation --------------------------------------------------------------------------------------------
     lr: float = 1e-5

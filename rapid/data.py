@@ -6,6 +6,7 @@ import inspect
 import random
 from typing import Callable
 
+from .loss.seeds import prompt_order_seed
 
 
 def as_rows(dataset: object, name: str = "dataset") -> list[dict]:
@@ -120,7 +121,7 @@ class PromptSampler:
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             order = list(range(len(self.rows)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(prompt_order_seed(self.seed, epoch)).shuffle(order)
             self._perms = {epoch: order}
         return self._perms[epoch]
 
@@ -129,6 +130,3 @@ class PromptSampler:
         out = [self._perm(i // len(self.rows))[i % len(self.rows)] for i in range(self.consumed, self.consumed + n)]
         self.consumed += n
         return out
-
-    def take(self, n: int) -> list[dict]:
-        return [self.rows[i] for i in self.take_indices(n)]

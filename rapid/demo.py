@@ -63,7 +63,7 @@ def choose_overlap(setting: str, cores: int | None = None, load: float | None = 
         raise ValueError(f"overlap must be auto, on or off, got {setting!r}")
     if setting != "auto":
         return setting == "on", f"--overlap {setting}"
-    from .engines.remote import available_cpus
+    from .engines.process.launch import available_cpus
 
     cores = available_cpus() if cores is None else cores
     load = os.getloadavg()[0] if load is None else load

@@ -13,7 +13,7 @@ Order of calls on every rank (each is collective where noted)::
     ... per micro-batch: with no_sync(wrapped, enabled=not last): loss.backward()
     dist.barrier("rollout 3")                 # collective: RankFailureError naming a rank that did not arrive
     metrics = dist.reduce_metrics(metrics)    # collective: identical reduced dict on every rank
-    for name, w in full_parameters(hf_model): engine takes w     # collective under FSDP2: all ranks iterate fully
+    for name, w in hf_weights(model): engine takes w   # engines.weights; collective under FSDP2: ranks iterate fully
     dist.close()
 
 Hung and crashed ranks: the process group and the gloo monitor group are created with ``timeout_s``, so a blocked
@@ -50,7 +50,6 @@ MAX_PREFIXES = ("timing_s/", "time/", "perf/max_memory", "rapid/w_max", "rapid/l
 SUM_PREFIXES = ("count/", "reward/errors", "reward/timeouts", "reward/none", "perf/throughput",
                 "perf/samples_per_s", "perf/tokens_per_s/")
 PER_RANK_PREFIXES = ("perf/util", "perf/gpu_util")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.")
 
 
 class RankFailureError(RuntimeError):
@@ -425,23 +424,3 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _clean_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.removeprefix(prefix)
-    return name.replace("._orig_mod.", ".").replace("._checkpoint_wrapped_module.", ".")
-
-
-def full_parameters(module: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, full tensor)`` for each parameter of ``module``, gathered one at a time, for engine weight sync.
-
-    FSDP2: each shard is all-gathered when its turn comes and dropped when the consumer lets go, so at most one
-    full parameter exists beyond the shards — never the whole model. Every rank must iterate to the end in the same
-    order (each gather is collective). DDP / plain modules: the local replica's tensors, no communication. Names
-    lose DDP / compile wrapper prefixes; pass the HF model itself to get HF names."""
-    for name, param in module.named_parameters():
-        with torch.no_grad():                   # never around the yield: it would leak into the consumer's thread
-            tensor = full_tensor(param.detach())
-            tensor = tensor.to(dtype) if dtype is not None else tensor
-        yield _clean_name(name), tensor

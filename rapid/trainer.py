@@ -1,7 +1,7 @@
 """``rapid.train``: generate one large batch, then H small off-policy policy-gradient steps on it (RAPID).
 
 ``train`` is four steps: ``check_inputs`` (everything cheap, before anything is loaded) and ``join`` (the process
-group, the checkpoint to resume) → build (``rapid.loop.Training``: seed → model / policy / engine → resume) → loop
+group, the checkpoint to resume) → build (``rapid.training.loop.Training``: seed → model/policy/engine → resume) → loop
 over rollouts [adaptive H → ``collect_rollout`` (wake → sync weights → generate → sleep → rewards) → (recompute
 log μ) → ``update`` (H optimizer steps) → ``rollout_metrics`` → eval / checkpoint] → finish (final checkpoint,
 final model).
@@ -17,12 +17,12 @@ Departures from textbook GRPO (Shao et al. 2024), each deliberate:
 4. The loss is the sequence log-prob sum scaled by a constant (``loss_norm``, default max_new_tokens), averaged
    over sequences — no per-token length normalisation (which biases towards long wrong answers).
 5. log μ comes from the generation engine (the processed distribution it sampled from, which rapid defines once
-   in ``rapid.sampling`` for both sides), not a second forward pass, unless ``behavior_logprobs="recompute"``
+   in ``rapid.loss.sampling`` for both sides), not a second forward pass, unless ``behavior_logprobs="recompute"``
    (the default for grpo); the gap is logged as ``rapid/engine_logprob_diff``.
 6. Failed rewards (``None``) count as 0.0 and are reported as ``reward/errors``.
 7. ``algo="grpg"`` (on-policy, w ≡ 1) and ``algo="grpo"`` (PPO-clip, std-normalised advantages, token-mean loss)
    run in this same loop, for fair comparisons.
-8. Parameters and optimizer state are fp32 masters; forward/backward run in ``dtype`` (rapid.policy).
+8. Parameters and optimizer state are fp32 masters; forward/backward run in ``dtype`` (rapid.training.policy).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pathlib import Path
 from . import checkpoint, data
 from .config import RapidConfig
 from .distributed import Dist, check_parallel, init_distributed, main_logger
-from .lifecycle import check_resume_config, holds_a_run
-from .loop import Inputs, Training, TrainResult
 from .models import chat_template_decision, check_output_dir, context_length, load_tokenizer, resolve_model_arg
-from .rollout import evaluate_rewards
+from .output_dir import check_resume_config, holds_a_run
+from .training.loop import Inputs, Training, TrainResult
+from .training.rollout import evaluate_rewards
 
 logger = logging.getLogger(__name__)
 log = main_logger(__name__)                # rank 0 only under torchrun

@@ -18,9 +18,6 @@ compiles anything.
 
 from __future__ import annotations
 
-import sys as _sys
-import types as _types
-
 from . import _validate, reference
 from ._dispatch import available_backends, resolve_backend
 from .reference import RapidLossOutput
@@ -101,18 +98,3 @@ def fused_rapid_loss(hidden, weight, targets, behavior_logprobs, rewards, cu_seq
     return impl(hidden, weight, targets, behavior_logprobs, rewards, cu_seqlens, group_size, float(eta), baseline,
                 float(loss_norm), is_level, is_clip, adv_scale, float(temperature), bias, cap, threshold,
                 return_entropy)
-
-
-class _Package(_types.ModuleType):
-    """Importing an op module (``rapid_kernels.token_logprobs``, the Triton kernels) binds it as an attribute of the
-    package, which would shadow the public function of the same name. The package ignores those bindings; the
-    modules stay reachable through ``sys.modules`` / ``from rapid_kernels.token_logprobs import ...``."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _PUBLIC_OPS and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_PUBLIC_OPS = frozenset({"token_logprobs", "linear_token_logprobs", "rapid_loss", "fused_rapid_loss"})
-_sys.modules[__name__].__class__ = _Package

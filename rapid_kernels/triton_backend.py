@@ -4,34 +4,24 @@ It runs on CUDA tensors, and on CPU tensors only under the Triton interpreter (`
 this module is imported: tests do that in ``tests/kernels/conftest.py``). ``is_level="token"`` is not implemented
 here (``TOKEN_LEVEL = False``), so the dispatch sends it to the reference. Nothing here touches a GPU at import.
 
-The op modules share their names with the package's public functions (``rapid_kernels.token_logprobs`` is both a
-function in ``__init__`` and the file ``token_logprobs.py``). Importing a submodule makes Python set it as an
-attribute of the package, which would replace the public function by the module; this module restores the public
-functions after importing the op modules, so ``rapid_kernels.token_logprobs(...)`` keeps working. Import the op
-modules through this module (or restore likewise), not with ``import rapid_kernels.token_logprobs`` first.
+The Triton op modules are ``_token_logprobs.py``, ``_linear_token_logprobs.py`` and ``_rapid_loss.py``: private
+names, so importing them never touches the package's public functions of the same op names.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
 import torch
 
+# raises ImportError without triton: _dispatch reports the backend unavailable
+from . import _linear_token_logprobs as _ltlp, _rapid_loss as _loss, _token_logprobs as _tlp
+
 log = logging.getLogger(__name__)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE_TYPES: tuple[str, ...] = ("cuda", "cpu") if _INTERPRET else ("cuda",)
 TOKEN_LEVEL = False
-_OPS = ("token_logprobs", "linear_token_logprobs", "rapid_loss")
-
-
-def _import_ops():
-    """Import the op modules (the package keeps its public functions: see ``rapid_kernels._Package``)."""
-    return tuple(importlib.import_module(f"{__package__}.{name}") for name in _OPS)
-
-
-_tlp, _ltlp, _loss = _import_ops()   # raises ImportError without triton: _dispatch reports the backend unavailable
 
 
 def available() -> str | None:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rapid.adaptive import AdaptiveH, AdaptiveHParams
+from rapid.training.adaptive import AdaptiveH, AdaptiveHParams
 from rapid.config import RapidConfig
 
 

@@ -1,12 +1,12 @@
-"""rapid / grpg / grpo losses and diagnostics (rapid/algorithms.py)."""
+"""rapid / grpg / grpo losses and diagnostics (rapid/loss/algorithms.py)."""
 
 import math
 
 import pytest
 import torch
 
-from rapid import algorithms
-from rapid.algorithms import PackedBatch
+from rapid.loss import algorithms
+from rapid.loss.algorithms import PackedBatch
 from rapid.config import RapidConfig
 
 F64 = torch.float64

@@ -1,12 +1,11 @@
-"""The ESTIMATED H100 memory plan (benchmarks/memory/plan_h100.py) keeps its arithmetic: hand-computed totals for
+"""The ESTIMATED H100 memory plan (rapid/memory_plan.py) keeps its arithmetic: hand-computed totals for
 Qwen2.5-1.5B, parameter counts equal transformers' own models, and the activation formula equals the bytes autograd
 really saves in a (tiny) Qwen2 stack under bf16 autocast, so a change in transformers' layers cannot rot it silently."""
 
 import pytest
 import torch
 
-from benchmarks.memory import activations_cpu
-from benchmarks.memory import plan_h100 as plan
+from rapid import memory_plan as plan
 
 # Qwen2.5-1.5B by hand: embedding 151936·1536 = 233,373,696; per layer q 1536·1536 + 1536, k and v 1536·256 + 256
 # each, o 1536·1536, MLP 3·1536·8960, two norms 2·1536 → 46,797,824; × 28 = 1,310,339,072; final norm 1536.
@@ -37,7 +36,7 @@ def test_param_count_equals_transformers(shape):
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):                 # shapes only: no memory, no init
-        model = AutoModelForCausalLM.from_config(activations_cpu.qwen2_config(shape))
+        model = AutoModelForCausalLM.from_config(plan.qwen2_config(shape))
     assert sum(p.numel() for p in model.parameters()) == plan.param_count(shape)
 
 
@@ -54,7 +53,7 @@ def test_largest_budget_is_the_boundary():
 def test_formula_equals_saved_bytes_of_a_real_qwen2_stack():
     tiny = plan.ModelShape("tiny", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=176,
                            vocab=1024)
-    got = activations_cpu.slopes(lambda n, t: activations_cpu.saved_bytes(tiny, n, t), 16, 32)
+    got = plan.slopes(lambda n, t: plan.saved_bytes(tiny, n, t), 16, 32)
     assert got["per_layer_per_token"] == plan.layer_activation_bytes(tiny)
     assert got["outside_per_token"] == plan.outside_activation_bytes(tiny) - (2 * tiny.hidden + 12)   # no lm_head
     assert got["constant"] == 2 * plan.linear_weight_count(tiny) // tiny.layers                     # bf16 copies

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from rapid import profile_report
-from rapid.loggers import MetricsLogger, read_metrics
-from rapid.profiling import Profiler, main, peak_flops_for
+from rapid.observe import profile_report
+from rapid.observe.loggers import MetricsLogger, read_metrics
+from rapid.observe.profiling import Profiler, main, peak_flops_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -260,26 +260,6 @@ def test_add_interval_rejects_bad_input():
     with pytest.raises(ValueError, match="ends before"):
         prof.add_interval("gen", "gen", 2.0, 1.0)
     prof.close()
-
-
-def test_merge_rank_metrics_takes_the_slowest_rank():
-    from rapid.profiling import merge_rank_metrics
-
-    rank0 = {"timing_s/step": 2.0, "timing_s/gen": 1.0, "perf/throughput": 100.0, "perf/tokens_per_s/gen": 150.0,
-             "perf/mfu/actor": 0.2, "timing_s/update_actor": 1.0, "perf/max_memory_allocated_gb": 3.0,
-             "perf/util_mean": 40.0}
-    rank1 = {"timing_s/step": 4.0, "timing_s/gen": 2.0, "perf/throughput": 50.0, "perf/tokens_per_s/gen": 100.0,
-             "perf/mfu/actor": 0.1, "timing_s/update_actor": 2.0, "perf/max_memory_allocated_gb": 5.0,
-             "perf/util_mean": 60.0}
-    m = merge_rank_metrics([rank0, rank1])
-    assert m["timing_s/step"] == 4.0 and m["timing_s/gen"] == 2.0 and m["perf/max_memory_allocated_gb"] == 5.0
-    assert m["perf/throughput"] == pytest.approx((200 + 200) / 4.0)          # all tokens over the slowest step
-    assert m["perf/tokens_per_s/gen"] == pytest.approx((150 + 200) / 2.0)
-    assert m["perf/mfu/actor"] == pytest.approx((0.2 * 1 + 0.1 * 2) / 2.0 / 2)  # Σ FLOPs / (slowest · ranks · peak)
-    assert m["perf/util_mean"] == 50.0
-    assert merge_rank_metrics([rank0]) == pytest.approx(rank0)
-    with pytest.raises(ValueError, match="per_rank"):
-        merge_rank_metrics([])
 
 
 def test_a_cpu_run_reports_mfu_against_the_measured_gemm_rate(tmp_path):

@@ -1,11 +1,11 @@
-"""rapid.sampling: the one definition of the behaviour distribution (truncation, thresholds, the sampler)."""
+"""rapid.loss.sampling: the one definition of the behaviour distribution (truncation, thresholds, the sampler)."""
 
 import math
 
 import pytest
 import torch
 
-from rapid import sampling as smp
+from rapid.loss import sampling as smp
 
 
 @pytest.mark.parametrize("top_k, top_p", [(0, 0.8), (5, 1.0), (5, 0.8), (1, 1.0), (0, 0.05), (40, 0.95)])

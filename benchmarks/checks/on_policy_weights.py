@@ -5,8 +5,7 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import rapid
 from rapid.tiny import build_tiny
-from tests.trainer.test_on_policy import hostile
-from tests.trainer.conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, hostile, small_config
 if __name__ == "__main__":
     torch.set_num_threads(1)
     settings = [dict(temperature=1.0), dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8),

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from rapid.config import RapidConfig
     from rapid.engines import SamplingConfig
     from rapid.engines.hf import HFEngine
-    from rapid.engines.remote import ProcessEngine
+    from rapid.engines.process.client import ProcessEngine
 
     model, tok, task = mid_setup(0)
     cfg = RapidConfig(engine="hf", max_new_tokens=48, group_size=8)

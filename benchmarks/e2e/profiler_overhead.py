@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from rapid.profiling import Profiler, _Sampler, device_name
+from rapid.observe.profiling import Profiler, device_name
+from rapid.observe.usage import UsageSampler
 from rapid.tiny import build_tiny
 
 MODES = {"disabled": dict(enabled=False), "disabled_again": dict(enabled=False),
@@ -39,7 +40,7 @@ def step_fn(model, opt, ids):
 
 def sample_cost_us(n: int = 2000) -> float:
     prof = Profiler("cpu", sample_interval_s=0)
-    sampler = _Sampler(prof, 1.0)
+    sampler = UsageSampler(prof, 1.0)
     start = time.perf_counter()
     for _ in range(n):
         sampler._read()

@@ -6,7 +6,7 @@ Runs (all with the same model, task, seed, prompts per step, group size and *sam
     rapid-h{H}   RAPID, H optimizer steps per rollout (rollout = H * prompts_per_step prompts)
     grpg         on-policy group policy gradient (H = 1, w = 1)
     grpo         PPO-clip per-token, std-normalised advantages, --grpo-h mini-batches per rollout (as TRL/verl)
-    rapid-auto   RAPID with adaptive H (rapid.adaptive.AdaptiveH), H_max = --max-h, capped at the same budget
+    rapid-auto   RAPID with adaptive H (rapid.training.adaptive.AdaptiveH), H_max = --max-h, capped at the same budget
 
 Models (benchmarks/e2e/setups.py): ``tiny`` (CPU): the demo's SFT-warm-started tiny Qwen2 on the demo's arithmetic
 task; accuracy is greedy exact-match on the held-out split. ``mid`` (CPU): issue 17's mid geometry, a random Qwen2
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from rapid.profiling import device_name
+from rapid.observe.profiling import device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from setups import setup  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     import rapid
-    from rapid.loggers import read_metrics
+    from rapid.observe.loggers import read_metrics
 
     spec = parse_run(args.run, args.max_h, args.grpo_h)
     args.overlap = spec.get("overlap", args.overlap)

@@ -46,7 +46,7 @@ step test_gpu $PY -m pytest -m gpu -q -p no:cacheprovider tests
 #    (register / shared-memory report of every kernel); and the measured auto-dispatch record for this GPU (copy it
 #    into rapid_kernels/dispatch_table.json, or pass --ship, to make `auto` use it).
 step compile_sm90 $PY -m benchmarks.gpu.compile_sm90
-step cost_model $PY -m benchmarks.kernels.cost_model
+step cost_model $PY -m rapid_kernels.cost_model
 step bench_kernels $PY -m benchmarks.kernels.run --device cuda --out "$OUT_DIR/kernels_cuda.csv"
 step plot_kernels $PY -m benchmarks.kernels.plot --csv "$OUT_DIR/kernels_cuda.csv" --out "$OUT_DIR/kernels_cuda.png"
 step record_dispatch $PY -m benchmarks.kernels.record_dispatch --device cuda --out "$OUT_DIR/dispatch_table.json"

@@ -16,7 +16,8 @@ import json
 import logging
 import sys
 
-from benchmarks.kernels import cost_model, harness
+from benchmarks.kernels import harness
+from rapid_kernels import cost_model
 
 log = logging.getLogger("benchmarks.kernels")
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows = harness.run_isolated(op, provider, case["shape"], dtype, args.device, modes, args.warmup,
                                             repeats)
-                # the analytic H100 estimate of the same design, in bf16 (an ESTIMATE: benchmarks/kernels/cost_model)
+                # the analytic H100 estimate of the same design, in bf16 (an ESTIMATE: rapid_kernels/cost_model)
                 est = cost_model.estimate_ms(op, provider, case["shape"], "bfloat16")
                 for row in rows:
                     row["h100_est_ms"] = "" if est is None or row["mode"] != "fwd+bwd" else est

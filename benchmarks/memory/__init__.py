@@ -1,2 +1,2 @@
-"""Memory benchmarks: the CPU peak-RSS sweep (``bench_memory_cpu``), the ESTIMATED H100 plan (``plan_h100``) and
-the CPU measurement of the activation formula it uses (``activations_cpu``)."""
+"""Memory benchmarks: the CPU peak-RSS sweep (``bench_memory_cpu``), the CPU measurement (``activations_cpu``) of the
+activation formula in the ESTIMATED H100 plan (``rapid.memory_plan``)."""

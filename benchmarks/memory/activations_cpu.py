@@ -1,4 +1,4 @@
-"""Measure on CPU what ``plan_h100``'s activation formula predicts: bytes per token per Qwen2 decoder layer.
+"""Measure on CPU what ``rapid.memory_plan``'s activation formula predicts: bytes per token per Qwen2 decoder layer.
 
     python -m benchmarks.memory.activations_cpu                 # saved bytes at both real shapes (+ peak, 1.5B)
     python -m benchmarks.memory.activations_cpu --no-peak       # saved bytes only (~1 min)
@@ -27,65 +27,10 @@ import os
 import subprocess
 import sys
 
-from benchmarks.memory import plan_h100 as plan
-from benchmarks.memory.plan_h100 import ModelShape
+from rapid import memory_plan as plan
+from rapid.memory_plan import qwen2_stack, saved_bytes, slopes
 
 RESULT_TAG = "ACTIVATIONS_RESULT "
-
-
-def qwen2_config(s: ModelShape, layers: int | None = None, vocab: int | None = None):
-    """A transformers ``Qwen2Config`` with the shape ``s`` (optionally fewer layers / a smaller vocabulary)."""
-    from transformers import Qwen2Config
-
-    return Qwen2Config(vocab_size=vocab or s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
-                       num_hidden_layers=layers or s.layers, num_attention_heads=s.heads,
-                       num_key_value_heads=s.kv_heads, head_dim=s.head_dim, tie_word_embeddings=s.tied,
-                       max_position_embeddings=4096, rope_theta=10000.0)
-
-
-def _stack(s: ModelShape, layers: int, gradient_checkpointing: bool = False):
-    import torch
-    from transformers import Qwen2Model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2Model(qwen2_config(s, layers, vocab=1024))
-    model.config._attn_implementation = "sdpa"
-    model.train()
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
-
-
-def saved_bytes(s: ModelShape, layers: int, tokens: int) -> int:
-    """Bytes autograd saves for backward in one bf16-autocast forward of ``layers`` layers over ``tokens`` tokens."""
-    import torch
-
-    model = _stack(s, layers)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    ids = torch.randint(0, 1024, (1, tokens), generator=torch.Generator().manual_seed(0))        # (1, T)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(input_ids=ids, position_ids=torch.arange(tokens)[None], use_cache=False)
-    return sum(storages.values())
-
-
-def slopes(measure, t1: int, t2: int, l1: int = 1, l2: int = 2) -> dict:
-    """Per-layer-per-token, outside-per-token and per-layer-constant parts from measure(layers, tokens) at two
-    depths and two lengths (bytes = constant·L + (per_layer·L + outside)·T + rest)."""
-    m = {(n, t): measure(n, t) for n in (l1, l2) for t in (t1, t2)}
-    per_layer = ((m[l2, t2] - m[l1, t2]) - (m[l2, t1] - m[l1, t1])) / ((t2 - t1) * (l2 - l1))
-    outside = (m[l1, t2] - m[l1, t1]) / (t2 - t1) - l1 * per_layer
-    constant = (m[l2, t1] - m[l1, t1]) / (l2 - l1) - t1 * per_layer
-    return dict(per_layer_per_token=per_layer, outside_per_token=outside, constant=constant, raw={
-        f"L{n}_T{t}": v for (n, t), v in m.items()})
 
 
 # --------------------------------------------------------------------------------------- peak (child process)
@@ -97,7 +42,7 @@ def peak_child(spec: dict) -> float:
 
     torch.set_num_threads(1)
     s = plan.MODELS[spec["model"]]
-    model = _stack(s, spec["layers"], spec["ckpt"])
+    model = qwen2_stack(s, spec["layers"], spec["ckpt"])
     ids = torch.randint(0, 1024, (1, spec["tokens"]), generator=torch.Generator().manual_seed(0))  # (1, T)
     pos = torch.arange(spec["tokens"])[None]                                                        # (1, T)
 

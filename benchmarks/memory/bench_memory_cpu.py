@@ -150,7 +150,7 @@ def child(spec: dict) -> dict:
     import torch
 
     import rapid
-    import rapid.loop
+    import rapid.training.loop
 
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
@@ -164,7 +164,7 @@ def child(spec: dict) -> dict:
         engine="hf", progress_bar=False, seed=spec["seed"])
     rows = prompt_rows(spec["prompts_per_rollout"])
     phases = PhasePeaks()
-    phases.install(rapid.loop)                        # the run loop looks these names up in its module at call time
+    phases.install(rapid.training.loop)               # the run loop looks these names up in its module at call time
     gc.collect()
     before, setup_peak = _rss_mb(), _maxrss_mb()
     _reset_hwm()
@@ -202,7 +202,7 @@ def environment() -> dict:
     import transformers
 
     from benchmarks.kernels.harness import git_revision
-    from rapid.profiling import device_name
+    from rapid.observe.profiling import device_name
 
     return dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"), git_rev=git_revision(),
                 device_name=f"{device_name(torch.device('cpu'))} ({os.cpu_count()} cpus)", torch=torch.__version__,

@@ -3,7 +3,7 @@
     python -m benchmarks.memory.sampler_cpu                          # B in {64, 256}, V in {32768, 151936}
 
 HFEngine samples every step itself (rapid.engines.hf.HFEngine._pick: temperature, optional top-k/top-p, then
-rapid.sampling.draw — a softmax, block sums and an inverse CDF with one counter-based uniform per row, so a row's
+rapid.loss.sampling.draw — a softmax, block sums and an inverse CDF with one counter-based uniform per row, so a row's
 draw does not depend on the batch), so each decoding step of a batch of B sequences allocates (B, V) temporaries on
 top of the (B, V) fp32 logits. That per-step transient, with the
 KV cache, is what ``max_num_seqs`` bounds in the HF engine. Each (B, V) runs in a child process with glibc returning
@@ -28,7 +28,7 @@ def child(rows: int, vocab: int, top_p: float) -> float:
     import torch
 
     from benchmarks.kernels.harness import peak_memory_mb
-    from rapid import sampling
+    from rapid.loss import sampling
     from rapid.engines.base import SamplingConfig
     from rapid.engines.hf import HFEngine
 

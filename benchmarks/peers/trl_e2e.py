@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from rapid import data
     from rapid.engines.hf import HFEngine
     from rapid.models import chat_template_decision
-    from rapid.profiling import device_name
+    from rapid.observe.profiling import device_name
     from rapid.trainer import evaluate_rewards
     from setups import setup
     from trl_grpo import trl_config

@@ -41,7 +41,7 @@ CSV_FIELDS = ("provider", "h", "repeat", "status", "steps_timed", "samples_timed
 def cpu_name() -> str:
     import torch
 
-    from rapid.profiling import device_name
+    from rapid.observe.profiling import device_name
 
     return device_name(torch.device("cpu"))
 
@@ -72,7 +72,7 @@ def trl_config(tmp: str, args, h: int, steps: int, max_new: int):
 
 def run_rapid(args) -> dict:
     import rapid
-    from rapid.loggers import read_metrics
+    from rapid.observe.loggers import read_metrics
 
     model, tok, task = warm_model(args.seed)
     algo = "grpg" if args.h == 1 else "rapid"

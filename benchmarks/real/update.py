@@ -5,7 +5,7 @@
 One micro-batch as the demo's update step sees it: ``--groups`` chat prompts (one-digit "What is a + b?" through
 SmolLM2's ChatML template, which adds its default system prompt: ~40 tokens) x K = 8 completions of
 ``--completion-tokens`` tokens (default 16, what a rollout's answers average: "3 + 4 = 7" plus <|im_end|>), the
-RAPID loss through the fused lm_head kernel, then backward. Each forward path (rapid.forward: ``shared`` — each
+RAPID loss through the fused lm_head kernel, then backward. Each forward path (rapid.loss.forward: ``shared`` — each
 prompt once, its KV cache repeated for the completions; ``packed`` — one row, block-diagonal mask; ``padded``) is
 timed best of --repeats after a warm-up. GFLOP/s counts the useful work only: 6 x parameters x (prompt + completion)
 tokens of the packed sequences, so a path that skips work shows as a higher rate. Prints one JSON line per path.
@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import rapid
-    from rapid import forward
-    from rapid.buffer import RolloutBuffer
+    from rapid.loss import forward
+    from rapid.training.buffer import RolloutBuffer
     from rapid.demo import real_task
     from rapid.engines.base import Rollout
     from rapid.models.smollm2 import smollm2_dir
-    from rapid.policy import PolicyLoss
+    from rapid.training.policy import PolicyLoss
 
     path = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)

@@ -65,7 +65,7 @@ def write_result(args, load_start: float) -> None:
     """Rank 0: samples/s from the metrics and the profile timeline, into OUT/scaling_result.json."""
     import torch
 
-    from rapid.loggers import read_metrics
+    from rapid.observe.loggers import read_metrics
     from timeline import load_clock
 
     records = [r for r in read_metrics(args.out) if "rapid/steps" in r]
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--prompts-per-step ({args.prompts_per_step}) must divide by every world size; not {bad}")
     import torch
 
-    from rapid.profiling import device_name
+    from rapid.observe.profiling import device_name
 
     out, rev, device = Path(args.out), git_rev(), device_name(torch.device("cpu"))
     rows = []

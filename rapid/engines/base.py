@@ -8,6 +8,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 
+class EngineError(RuntimeError):
+    """The generation engine failed; the message says what to change, ``__cause__`` holds the backend's error."""
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """What an engine needs to sample one rollout."""

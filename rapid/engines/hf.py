@@ -1,7 +1,7 @@
 """HFEngine: batched sampling on the trainer's own model object (zero copy), with rapid's own decode loop.
 
 The behaviour distribution must be exactly the one the trainer's log π describes (DESIGN.md section 1), so the
-engine runs the model's forward and KV cache itself and samples with ``rapid.sampling`` — never ``generate``, whose
+engine runs the model's forward and KV cache itself and samples with ``rapid.loss.sampling`` — never ``generate``, whose
 logits processors and the model's ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty=1.05``;
 others set n-gram blocks, min lengths, bad words, forced tokens) would reshape sampling behind the trainer's back.
 
@@ -31,8 +31,9 @@ import time
 import torch
 from transformers import DynamicCache
 
-from .. import sampling as smp
+from ..loss import sampling as smp
 from .base import Rollout, SamplingConfig
+from .weights import hf_weights
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +194,7 @@ def _before_stop(text: str, stop) -> str:
 
 def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Copy ``source``'s weights into the plain HF model ``target`` by HF name: FSDP2 shards gathered one tensor at
-    a time, LoRA deltas merged (``rapid.engines.vllm.hf_weights``). Collective under FSDP2: every rank calls it."""
-    from .vllm import hf_weights
-
+    a time, LoRA deltas merged (``rapid.engines.weights.hf_weights``). Collective under FSDP2: every rank calls it."""
     own = dict(target.named_parameters())
     with torch.no_grad():
         for name, tensor in hf_weights(source):

@@ -24,22 +24,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ..config import RapidConfig
-from ..distributed import full_tensor
-from ..sampling import row_seeds
+from ..loss.sampling import row_seeds
 from . import _vllm_compat as compat
-from .base import Rollout, SamplingConfig
+from .base import EngineError, Rollout, SamplingConfig
+from .weights import hf_model, hf_weights
 
 logger = logging.getLogger(__name__)
-
-class EngineError(RuntimeError):
-    """The generation engine failed; the message says what to change, ``__cause__`` holds vLLM's error."""
-
 
 def vllm_available() -> bool:
     try:
@@ -127,7 +122,7 @@ class VLLMEngine:
         workdir.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().to("cpu").contiguous() for name, t in hf_weights(model)}
         save_file(state, str(workdir / "model.safetensors"), metadata={"format": "pt"})
-        _base_model(model).config.save_pretrained(workdir)
+        hf_model(model).config.save_pretrained(workdir)
         if tokenizer is not None:
             tokenizer.save_pretrained(workdir)
         return workdir
@@ -325,77 +320,3 @@ class _Timer:
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
         self.totals[self.key] = self.totals.get(self.key, 0.0) + self.seconds
-
-
-# --- trainer weights -> HF-named tensors ------------------------------------------------------------------------
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DDP / torch.compile wrappers add these to parameter names
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under peft / DDP / torch.compile wrappers."""
-    for attr in ("module", "_orig_mod"):
-        model = getattr(model, attr, model) if not hasattr(model, "config") else model
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _is_lora(module: torch.nn.Module) -> bool:
-    return hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
-
-
-def hf_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """The model's weights as HF-named ``(name, tensor)`` pairs, the form vLLM's ``load_weights`` takes.
-
-    - peft LoRA layers yield ``base + Σ active deltas`` (peft's ``get_delta_weight``), computed on the fly: the
-      trainer's model is never merged or mutated; adapters already merged or disabled add nothing.
-    - peft ``modules_to_save`` yield the active trained copy under the original name.
-    - tied embeddings yield ``embed_tokens`` only (vLLM ties ``lm_head`` to it itself).
-    - ``dtype`` casts each tensor (the engine's dtype); one tensor is materialised at a time.
-    """
-    base = _base_model(model)
-    tied = bool(getattr(getattr(base, "config", None), "tie_word_embeddings", False))
-    skip: list[str] = []
-    for mod_name, module in base.named_modules():
-        if any(mod_name.startswith(p) for p in skip):
-            continue
-        prefix = f"{mod_name}." if mod_name else ""
-        if _is_lora(module) or _is_modules_to_save(module):
-            skip.append(prefix)
-        # no_grad only around the maths, never around a yield: a generator suspended (or abandoned by a failing
-        # consumer) inside ``with torch.no_grad()`` would leave grad mode off in the caller's thread
-        with torch.no_grad():
-            params = _module_tensors(module)
-        for pname, tensor in params:
-            tensor = full_tensor(tensor)             # an FSDP2 shard is gathered here, one tensor at a time
-            name = prefix + pname
-            for wrapper in _WRAPPER_PREFIXES:
-                name = name.removeprefix(wrapper)
-            if tied and name == "lm_head.weight":
-                continue
-            tensor = tensor.detach()
-            yield name, tensor.to(dtype) if dtype is not None else tensor
-
-
-def _is_modules_to_save(module: torch.nn.Module) -> bool:
-    return hasattr(module, "original_module") and hasattr(module, "modules_to_save")
-
-
-def _module_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The tensors a module contributes under its own name: merged LoRA weights, the active modules_to_save copy,
-    or its direct parameters."""
-    if _is_lora(module):
-        layer = module.base_layer
-        weight = layer.weight
-        if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
-            adapters = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))   # embeddings' names
-            for name in module.active_adapters:
-                if name in adapters:
-                    weight = weight + module.get_delta_weight(name).to(weight.dtype)
-        bias = getattr(layer, "bias", None)
-        return [("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    if _is_modules_to_save(module):
-        adapter = getattr(module, "active_adapter", None)
-        adapter = adapter[0] if isinstance(adapter, (list, tuple)) else adapter
-        active = (module.modules_to_save[adapter] if adapter in module.modules_to_save
-                  and not getattr(module, "disable_adapters", False) else module.original_module)
-        return list(active.named_parameters())
-    return list(module.named_parameters(recurse=False))

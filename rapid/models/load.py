@@ -53,7 +53,7 @@ def context_length(model: object) -> int | None:
 
 
 def load_model(model: object, cfg: RapidConfig, device: torch.device) -> torch.nn.Module:
-    """The policy on ``device`` with float32 parameters (the master copy; rapid.policy computes in cfg.dtype)."""
+    """The policy on ``device`` with float32 parameters (the master copy; training.policy computes in cfg.dtype)."""
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 

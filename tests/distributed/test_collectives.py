@@ -126,8 +126,6 @@ def test_wrappers_at_world_size_one_and_bad_modules(monkeypatch):
     with distributed.no_sync(module):                     # no wrapper: a no-op
         module(torch.ones(1, 3)).sum().backward()
     assert module[0].weight.grad is not None
-    names = [(n, t.dtype) for n, t in distributed.full_parameters(module, dtype=torch.bfloat16)]
-    assert names == [("0.weight", torch.bfloat16), ("0.bias", torch.bfloat16)]
     with pytest.raises(ValueError, match=r"fp32 master weights, but 0.weight is torch.bfloat16"):
         distributed.parallelize(torch.nn.Sequential(torch.nn.Linear(3, 2).bfloat16()), "fsdp", torch.bfloat16,
                                 torch.device("cpu"))

@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from rapid.distributed import full_parameters, init_distributed, no_sync, parallelize
+from rapid.distributed import full_tensor, init_distributed, no_sync, parallelize
 from rapid.tiny import build_tiny
 
 from .launch import run_ranks
@@ -98,7 +98,7 @@ def _case(dist, parallel: str, dtype_name: str) -> dict:
     # the wrapper averages gradients over ranks: the rank's share of Σ/S_global, times the world size
     _train(loss, ids[local], mask[local], coef[local], dist.world_size / total, wrapped, probe)
     shard_dtypes = {str(p.dtype) for p in wrapped.parameters()}
-    weights = dict(full_parameters(model))          # collective under FSDP2: every rank iterates fully
+    weights = {n: full_tensor(p.detach()) for n, p in model.named_parameters()}   # collective under FSDP2
     return {"weights": weights, "shard_dtypes": shard_dtypes, "compute": str(loss.seen_dtype), **seen,
             "wrapper": type(wrapped).__name__}
 

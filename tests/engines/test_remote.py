@@ -21,9 +21,11 @@ import torch
 from rapid.config import RapidConfig
 from rapid.engines import make_engine
 from rapid.engines.base import SamplingConfig
-from rapid.engines import remote
-from rapid.engines.remote import ProcessEngine
-from rapid.engines.vllm import EngineError, hf_weights, vllm_available
+from rapid.engines.process import launch
+from rapid.engines.process.client import ProcessEngine
+from rapid.engines.base import EngineError
+from rapid.engines.vllm import vllm_available
+from rapid.engines.weights import hf_weights
 from rapid.tiny import build_tiny
 
 PROMPTS = ["12+34=", "hello", "a"]
@@ -258,7 +260,7 @@ def test_weight_channel_splits_buckets_and_delivers_every_weight_bit_for_bit():
     than a bucket (a bucket of its own)."""
     import threading
 
-    from rapid.engines._weight_channel import WeightChannel, buckets
+    from rapid.engines.process.weight_channel import WeightChannel, buckets
 
     weights = [("a", torch.randn(3, 5)), ("big", torch.randn(40, 10)), ("b", torch.randn(7)), ("c", torch.randn(2, 2))]
     layout, offset = [], 0
@@ -307,7 +309,7 @@ with open(sys.argv[1], "a") as f:
     f.write(f"executed by {os.getpid()}\\n")
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.remote import ProcessEngine
+from rapid.engines.process.client import ProcessEngine
 from rapid.tiny import build_tiny
 model, tok = build_tiny(seed=0)
 engine = ProcessEngine(model, tok, RapidConfig(engine="hf", max_new_tokens=8), threads=1)
@@ -339,7 +341,7 @@ def test_user_script_runs_once_and_the_child_dies_with_the_parent(tmp_path, endi
             parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=60)
         assert wait_gone(child_pid), f"engine process {child_pid} outlived its parent"
-        assert time.monotonic() - printed < remote._CLOSE_GRACE_S, "exit waited for the in-flight generation"
+        assert time.monotonic() - printed < launch._CLOSE_GRACE_S, "exit waited for the in-flight generation"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -20,7 +20,9 @@ else:
 
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.vllm import EngineError, VLLMEngine, hf_weights
+from rapid.engines.base import EngineError
+from rapid.engines.vllm import VLLMEngine
+from rapid.engines.weights import hf_weights
 from rapid.tiny import build_tiny
 
 pytestmark = pytest.mark.vllm

@@ -22,7 +22,8 @@ else:
 
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.vllm import EngineError, VLLMEngine
+from rapid.engines.base import EngineError
+from rapid.engines.vllm import VLLMEngine
 from rapid.tiny import build_tiny
 
 GiB = 1 << 30

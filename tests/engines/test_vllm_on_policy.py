@@ -13,11 +13,11 @@ if os.environ.get("RAPID_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm")
 
-from rapid.buffer import RolloutBuffer
+from rapid.training.buffer import RolloutBuffer
 from rapid.config import RapidConfig
 from rapid.engines.vllm import VLLMEngine
-from rapid.policy import PolicyLoss
-from rapid.rollout import rollout_sampling
+from rapid.training.policy import PolicyLoss
+from rapid.training.rollout import rollout_sampling
 from rapid.tiny import build_tiny, save_tiny
 
 pytestmark = pytest.mark.vllm

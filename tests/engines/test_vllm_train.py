@@ -44,7 +44,8 @@ def test_train_with_vllm_engine_raises_reward(tmp_path):
 
 def test_engine_crash_mid_run_is_clear_and_leaves_the_checkpoint_intact(tmp_path, monkeypatch):
     from rapid import checkpoint
-    from rapid.engines.vllm import EngineError, VLLMEngine
+    from rapid.engines.base import EngineError
+    from rapid.engines.vllm import VLLMEngine
 
     engines, calls = [], {"n": 0}
     generate = VLLMEngine.generate

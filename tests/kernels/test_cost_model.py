@@ -1,4 +1,4 @@
-"""The analytic H100 cost model (benchmarks/kernels/cost_model.py): its floors match DESIGN.md section 2's numbers and
+"""The analytic H100 cost model (rapid_kernels/cost_model.py): its floors match DESIGN.md section 2's numbers and
 its designs rank the way their byte and FLOP counts say. Estimates, not measurements — these checks keep the
 arithmetic honest, not the hardware."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.kernels import cost_model as cm
+from rapid_kernels import cost_model as cm
 
 
 def _by_name(designs, fragment):

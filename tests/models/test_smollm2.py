@@ -90,10 +90,10 @@ def test_on_policy_weights_are_one_on_the_real_model_with_the_hf_engine(model_an
 def test_fused_kernel_gradients_match_the_eager_path_at_the_real_geometry(model_and_tok, algo):
     """One update's loss and every parameter gradient through the cpp fused lm_head + log-prob kernel (no (N, V)
     logits at V = 49 152, D = 576, the tied embedding as lm_head) equal the eager torch path's."""
-    from rapid.buffer import RolloutBuffer
+    from rapid.training.buffer import RolloutBuffer
     from rapid.engines.base import SamplingConfig
     from rapid.engines.hf import HFEngine
-    from rapid.policy import PolicyLoss
+    from rapid.training.policy import PolicyLoss
 
     model, tok = model_and_tok
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -128,11 +128,11 @@ def test_on_policy_weights_are_one_on_the_real_model_with_vllm(path, model_and_t
 
     if os.environ.get("RAPID_REQUIRE_VLLM") != "1":
         pytest.importorskip("vllm")
-    from rapid.buffer import RolloutBuffer
+    from rapid.training.buffer import RolloutBuffer
     from rapid.config import RapidConfig
     from rapid.engines.vllm import VLLMEngine
-    from rapid.policy import PolicyLoss
-    from rapid.rollout import rollout_sampling
+    from rapid.training.policy import PolicyLoss
+    from rapid.training.rollout import rollout_sampling
 
     model, tok = model_and_tok
     cfg = RapidConfig(max_new_tokens=8, group_size=2, seed=1, kernel_backend="torch", temperature=0.9, top_p=0.95,

@@ -1,9 +1,9 @@
-"""Shared fixtures for the trainer tests: a tiny model, one thread (the CPU is shared), quiet progress bars."""
+"""Fixtures for the trainer tests: a tiny model, one thread (the CPU is shared), gradient capture. The prompts,
+rewards and small config they share with benchmarks/checks are in ``rapid.testing``."""
 
 import pytest
 import torch
 
-import rapid
 from rapid.tiny import build_tiny
 
 torch.set_num_threads(1)
@@ -14,32 +14,13 @@ def tiny():
     return build_tiny(num_layers=2, seed=0)
 
 
-def sevens_reward(prompts, completions, **_):
-    """A reward a random tiny model learns in seconds: the fraction of '7's in a 4-character completion."""
-    return [c.count("7") / 4 for c in completions]
-
-
-def digits_reward(prompts, completions, **_):
-    """A dense reward (most groups have non-zero variance from the first rollout): the fraction of digits."""
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
-
-
-PROMPTS = [{"prompt": f"{i}="} for i in range(32)]
-
-
-def small_config(**overrides) -> rapid.RapidConfig:
-    base = dict(group_size=4, prompts_per_rollout=8, prompts_per_step=4, num_rollouts=2, max_new_tokens=4,
-                lr=3e-3, progress_bar=False, seed=0)
-    return rapid.RapidConfig(**{**base, **overrides})
-
-
 def capture_step_grads(monkeypatch) -> list[dict[str, torch.Tensor]]:
     """Patch Policy.step to record every optimizer step's accumulated gradients (before clipping / AdamW).
 
     Comparing gradients, not weights after AdamW, is what "the same update" means at fp32 noise: Adam's first
     step is ≈ lr · sign(g), which turns a 1e-9 gradient difference on a near-zero entry into a difference of lr.
     """
-    from rapid.policy import Policy
+    from rapid.training.policy import Policy
 
     steps: list[dict[str, torch.Tensor]] = []
     original = Policy.step

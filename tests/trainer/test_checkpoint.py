@@ -14,7 +14,7 @@ import rapid
 from rapid import checkpoint
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, sevens_reward, small_config
+from rapid.testing import PROMPTS, sevens_reward, small_config
 
 COMPARED = ("reward/mean", "reward/std", "response_length/mean", "rapid/w_mean", "actor/loss")
 

@@ -1,12 +1,12 @@
 """torch.compile(fullgraph=True) traces the trainer's loss path — hidden states → fused kernel → loss and its
-diagnostics (rapid.algorithms.loss_from_hidden) — with no graph break, and gives the eager result."""
+diagnostics (rapid.loss.algorithms.loss_from_hidden) — with no graph break, and gives the eager result."""
 
 import pytest
 import torch
 
-from rapid.algorithms import PackedBatch, loss_from_hidden
+from rapid.loss.algorithms import PackedBatch, loss_from_hidden
 
-from .conftest import small_config
+from rapid.testing import small_config
 
 
 def _batch(n_seqs=8, vocab=50, dim=16, seed=0):

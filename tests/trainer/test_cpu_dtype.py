@@ -7,7 +7,7 @@ import torch
 
 from rapid import precision
 from rapid.config import RapidConfig
-from rapid.policy import resolve_dtype
+from rapid.training.policy import resolve_dtype
 
 
 @pytest.fixture

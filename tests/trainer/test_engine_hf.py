@@ -4,7 +4,7 @@ import torch
 
 from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
-from rapid.forward import completion_hidden, model_parts
+from rapid.loss.forward import completion_hidden, model_parts
 
 
 def _trainer_logprobs(model, rollout, temperature):

@@ -7,7 +7,7 @@ import torch
 import rapid
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 
 def _weights(model):
@@ -70,7 +70,7 @@ def test_grpo_recomputes_behaviour_logprobs_by_default(tiny):
 def test_lora_on_embeddings_reaches_the_engine():
     from peft import LoraConfig, get_peft_model
 
-    from rapid.engines.vllm import hf_weights
+    from rapid.engines.weights import hf_weights
 
     model, _ = build_tiny(seed=0, tie_word_embeddings=False)
     base = model.model.embed_tokens.weight.detach().clone()

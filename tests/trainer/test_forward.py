@@ -2,7 +2,7 @@
 
 import torch
 
-from rapid.forward import check_packing, model_parts, packed_hidden, packing_pays, padded_hidden
+from rapid.loss.forward import check_packing, model_parts, packed_hidden, packing_pays, padded_hidden
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
 COMPLETIONS = [[20, 21], [22, 23, 24, 25], [26]]
@@ -42,7 +42,7 @@ def test_packing_pays_only_when_cheaper():
 def test_shared_prompt_forward_equals_packed_with_gradients(tiny):
     """Each distinct prompt computed once, its KV cache repeated per completion: the same hidden states and the
     same parameter gradients as the packed forward (groups of different sizes, prompts of different lengths)."""
-    from rapid.forward import check_sharing, shared_prompt_hidden, sharing_pays
+    from rapid.loss.forward import check_sharing, shared_prompt_hidden, sharing_pays
 
     model, _ = tiny
     base = model_parts(model).base.train()

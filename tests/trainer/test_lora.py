@@ -6,7 +6,7 @@ import torch
 import rapid
 from rapid import checkpoint
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 peft = pytest.importorskip("peft")
 

@@ -7,7 +7,7 @@ import torch
 
 import rapid
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, hostile, small_config
 
 SETTINGS = [
     dict(temperature=1.0),
@@ -16,20 +16,6 @@ SETTINGS = [
     dict(top_p=0.8),
     dict(temperature=0.7, top_k=20, top_p=0.9),
 ]
-
-
-def hostile(model):
-    """Everything a hub model's generation_config may carry that would reshape sampling behind the trainer."""
-    g = model.generation_config
-    g.repetition_penalty = 1.5
-    g.no_repeat_ngram_size = 2
-    g.min_new_tokens = 3
-    g.bad_words_ids = [[5], [6, 7]]
-    g.suppress_tokens = [8, 9]
-    g.begin_suppress_tokens = [10]
-    g.sequence_bias = {(11,): 5.0}
-    g.temperature, g.top_k, g.top_p, g.do_sample = 0.3, 3, 0.5, True
-    return model
 
 
 def _first_rollout(model, tok, **overrides):

@@ -7,19 +7,19 @@ import pytest
 import torch
 
 import rapid
-from rapid import loop as trainer   # the run loop (rapid.train builds it): update and the engine process
+from rapid.training import loop as trainer   # the run loop (rapid.train builds it): update and the engine process
 from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 OVERLAP = dict(overlap=True, engine_threads=1, num_rollouts=3)
 
 
 def _record_updates(monkeypatch):
     """Wrap trainer.update: the weights before each rollout's update, its buffer and plan, and its gradients."""
-    from rapid.policy import Policy
+    from rapid.training.policy import Policy
 
     calls = []
     original_update, original_step = trainer.update, Policy.step
@@ -62,8 +62,8 @@ def test_overlap_generates_from_the_previous_weights_and_updates_identically(mon
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
     # the update from a given rollout is the sequential trainer's update on it, bit for bit
-    from rapid.policy import Policy
-    from rapid.update import update
+    from rapid.training.policy import Policy
+    from rapid.training.update import update
 
     offline = build_tiny(seed=0)[0]
     offline.load_state_dict(calls[2]["before"])
@@ -83,7 +83,7 @@ def test_overlap_generates_from_the_previous_weights_and_updates_identically(mon
 def test_broadcast_weight_transport_trains_exactly_like_shared_memory(monkeypatch):
     """The CUDA overlap path's weight transport (a process group of its own; gloo here, NCCL on GPUs) in the
     whole loop: on-policy w = 1 and the same weights, bit for bit, as the shared-memory transport."""
-    from rapid.engines import remote
+    from rapid.engines.process import client as remote
 
     model, tok = build_tiny(seed=0)
     shm = rapid.train(model, PROMPTS, digits_reward, small_config(**OVERLAP), tokenizer=tok)
@@ -101,7 +101,7 @@ def test_broadcast_weight_transport_trains_exactly_like_shared_memory(monkeypatc
 
 
 def _engine_pids(monkeypatch):
-    from rapid.engines import remote
+    from rapid.engines.process import client as remote
 
     pids = []
     original = remote.ProcessEngine.__init__
@@ -174,14 +174,14 @@ def test_overlap_refusals():
 
 
 def test_overlap_on_cuda_puts_each_engine_on_a_gpu_of_its_own(monkeypatch):
-    from rapid import lifecycle
+    from rapid.engines.process import launch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert lifecycle.engine_gpu(torch.device("cuda", 0)) == torch.device("cuda", 1)
+    assert launch.engine_gpu(torch.device("cuda", 0)) == torch.device("cuda", 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                 # torchrun, 2 ranks: GPUs 0, 1 train; 2, 3 generate
-    assert [lifecycle.engine_gpu(torch.device("cuda", i)) for i in (0, 1)] == [torch.device("cuda", 2),
+    assert [launch.engine_gpu(torch.device("cuda", i)) for i in (0, 1)] == [torch.device("cuda", 2),
                                                                               torch.device("cuda", 3)]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(ValueError, match="4 GPU\\(s\\) for 4 trainer process"):
-        lifecycle.engine_gpu(torch.device("cuda", 0))
+        launch.engine_gpu(torch.device("cuda", 0))

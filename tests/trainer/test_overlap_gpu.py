@@ -14,11 +14,11 @@ import torch
 import rapid
 from rapid.config import RapidConfig
 from rapid.engines.base import SamplingConfig
-from rapid.engines.remote import ProcessEngine
-from rapid.engines.vllm import hf_weights
+from rapid.engines.process.client import ProcessEngine
+from rapid.engines.weights import hf_weights
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 pytestmark = pytest.mark.gpu
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import rapid
-from rapid.policy import lr_lambda
+from rapid.training.policy import lr_lambda
 
-from .conftest import PROMPTS, digits_reward, sevens_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, sevens_reward, small_config
 
 
 def _moved_fraction(before: dict, model) -> float:
@@ -51,7 +51,7 @@ def test_optimizer_state_is_fp32_and_engine_computes_in_bf16(tiny, monkeypatch):
 
 
 def test_fp16_trains_with_a_loss_scaler(tiny, monkeypatch):
-    from rapid.policy import Policy
+    from rapid.training.policy import Policy
 
     scalers = []
     original = Policy.step

@@ -10,7 +10,7 @@ import pytest
 import rapid
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
 
 
 def test_no_learning_signal_is_warned_loudly(tiny, caplog):
@@ -31,7 +31,7 @@ def test_no_warning_when_rewards_vary(tiny, caplog):
 def test_no_signal_after_learning_warns_only_for_a_long_stall():
     """Small rollouts of a model that already learns often carry no signal (the demo's GRPG: 2 groups per call);
     that is warned once a stretch spans STALL_GROUPS groups, not every few rollouts."""
-    from rapid.lifecycle import SignalWatch
+    from rapid.training.metrics import SignalWatch
 
     log = logging.getLogger("test-signal-watch")
     records = []

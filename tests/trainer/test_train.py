@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 
 import rapid
-from rapid import policy
+from rapid.training import policy
 
-from .conftest import PROMPTS, assert_same_grads, capture_step_grads, digits_reward, sevens_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, sevens_reward, small_config
+from .conftest import assert_same_grads, capture_step_grads
 
 
 def _params(model):

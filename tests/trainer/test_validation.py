@@ -5,7 +5,7 @@ import pytest
 import rapid
 from rapid.engines.hf import HFEngine
 
-from .conftest import PROMPTS, sevens_reward, small_config
+from rapid.testing import PROMPTS, sevens_reward, small_config
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ from rapid.engines.base import SamplingConfig
 from rapid.engines.hf import HFEngine
 from rapid.tiny import build_tiny
 
-from .conftest import PROMPTS, assert_same_grads, capture_step_grads, digits_reward, small_config
+from rapid.testing import PROMPTS, digits_reward, small_config
+from .conftest import assert_same_grads, capture_step_grads
 
 
 def test_hf_stop_strings_cut_tokens_and_text_consistently(tiny):
@@ -69,7 +70,7 @@ def test_filter_groups_skips_zero_variance_groups_without_changing_the_update(mo
         return [0.0 if i // 4 % 2 == 0 else float(i % 3 == 0) for i in range(len(completions))]
 
     def run(filter_groups):
-        from rapid.policy import PolicyLoss
+        from rapid.training.policy import PolicyLoss
 
         forwards = {"seqs": 0}
         original = PolicyLoss.forward

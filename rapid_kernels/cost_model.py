@@ -3,8 +3,8 @@ design should take. These are ESTIMATES (a roofline with stated efficiencies), n
 expected H100 time of every design on record next to each CPU measurement (``benchmarks.kernels.run`` prints them)
 until a GPU run replaces them with numbers.
 
-    python -m benchmarks.kernels.cost_model                      # Qwen2.5-0.5B / 1.5B lm_head shapes
-    python -m benchmarks.kernels.cost_model --n 4096,16384 --d 896 --v 151936
+    python -m rapid_kernels.cost_model                      # Qwen2.5-0.5B / 1.5B lm_head shapes
+    python -m rapid_kernels.cost_model --n 4096,16384 --d 896 --v 151936
 
 Model: each kernel costs max(FLOP / (peak · efficiency), bytes / bandwidth) plus a launch overhead; a design is the
 sum of its kernels. GEMM bytes count each operand read once and each output written once (ideal tiling with L2

@@ -21,22 +21,24 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from .. import data
 from .adaptive import AdaptiveH
-from .config import RapidConfig
-from .distributed import Dist, main_logger
-from .engines import make_engine
-from .engines.hf import copy_weights
-from .lifecycle import (SignalWatch, close_profiler, evaluated_at, quietly, save_final_model, seed_everything,
-                        start_engine_process)
-from .loggers import CompletionLog
-from .metrics import MetricsSink, StopFlag, make_profiler, progress_bar
-from .models import apply_peft, load_model, training_device
-from .overlap import Pipeline, Request
+from ..config import RapidConfig
+from ..distributed import Dist, main_logger
+from ..engines import make_engine
+from ..engines.hf import copy_weights
+from ..output_dir import save_final_model
+from ..engines.process.launch import start_engine_process
+from ..loss.seeds import completion_log_seed, seed_everything
+from ..observe.loggers import CompletionLog
+from ..observe.profiling import close_profiler
+from .metrics import MetricsSink, SignalWatch, StopFlag, evaluated_at, make_profiler, progress_bar, quietly
+from ..models import apply_peft, load_model, training_device
+from .overlap import Pipeline
 from .policy import Policy
 from .rollout import (collect_rollout, completion_rows, eval_metrics, eval_records, plan_rollout, rollout_metrics,
                       rollout_sampling)
-from .session import Pending, Session, engine_copy, share
+from .session import Pending, Request, Session, engine_copy, share
 from .update import recompute_behavior, update
 
 logger = logging.getLogger(__name__)
@@ -170,10 +172,10 @@ class Training:
         run.rollout += 1
         buffer, info = pending.buffer, pending.info
         if cfg.log_completions:
-            self.completions.write(completion_rows(buffer, info, cfg.log_completions, cfg.seed + run.rollout),
-                                   run.rollout)
+            self.completions.write(completion_rows(buffer, info, cfg.log_completions,
+                                                   completion_log_seed(cfg.seed, run.rollout)), run.rollout)
         metrics = profiler.end_rollout()
-        metrics.update(rollout_metrics(buffer, info, pending.step_stats))
+        metrics.update(rollout_metrics(info, pending.step_stats))
         metrics = self.dist.reduce_metrics(metrics)            # timings: slowest rank; diagnostics: mean
         metrics.update(run.rollout_totals(buffer))             # rewards and lengths of the whole rollout
         metrics.update({"rollout": run.rollout, "global_step": run.global_step, "time/train_s": run.train_seconds,
@@ -213,9 +215,7 @@ class Training:
             if self.cfg.behavior_source == "recompute":
                 with self.profiler.phase("old_log_prob"):
                     recompute_behavior(self.policy, buffer)
-            return run.accept(Pending(buffer=buffer, info=info, h=req.h, groups=req.groups, plan=req.plan,
-                                      num_groups=req.num_groups, weights_step=run.global_step,
-                                      first_key=req.first_key))
+            return run.accept(Pending.of(req, buffer, info, weights_step=run.global_step))
         if run.ready is None and not pipeline.busy:
             pipeline.submit(self._request(run.rollout), run.global_step)
         pending = run.accept(run.ready if run.ready is not None else pipeline.take())

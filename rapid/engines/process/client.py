@@ -9,7 +9,7 @@ rollout r's H steps (``overlap=True``, DESIGN.md section 6).
     engine.close()                                   # also at exit, and the child dies with the parent anyway
 
 Design:
-- The child is ``python -m rapid.engines._engine_worker`` (subprocess, not multiprocessing: the user's script is
+- The child is ``python -m rapid.engines.process.worker`` (subprocess, not multiprocessing: the user's script is
   never re-executed, with or without a ``__main__`` guard), with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``
   set to its share of the cores before torch is imported. It builds the inner engine with
   ``rapid.engines.make_engine(config with engine=kind, child_model, tokenizer, workdir)``.
@@ -20,7 +20,7 @@ Design:
   ``full_tensor``). The child's HF model parameters *are* views of that buffer; a vLLM child copies them into its
   engine (``load_weights``). The child acknowledges each version; every rollout reports the version it used.
 - Weights on CUDA (``transport="broadcast"``, the default when the engine has a GPU of its own): a two-member
-  process group of their own (``_weight_channel``: NCCL between the trainer's GPU and the engine's, gloo on CPU
+  process group of their own (``weight_channel``: NCCL between the trainer's GPU and the engine's, gloo on CPU
   where the tests run it), one broadcast per bucket of the HF-named weights in the engine dtype. The child's
   ``CUDA_VISIBLE_DEVICES`` is the engine GPU alone, so its device is ``cuda:0``.
 - Failures: an exception in the child comes back as text and raises ``EngineError`` in ``result``; a dead child
@@ -31,10 +31,8 @@ Design:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -50,19 +48,17 @@ from typing import Literal
 
 import torch
 
-from .base import Rollout, SamplingConfig
-from ._engine_worker import SharedBuffer
-from ._weight_channel import WeightChannel
-from .vllm import EngineError, _base_model, hf_weights
+from ..base import EngineError, Rollout, SamplingConfig
+from ..weights import hf_model, hf_weights
+from .launch import _CLOSE_GRACE_S, _physical_gpu, _release, _shutdown, _tail, available_cpus
+from .shared_weights import SharedBuffer, copy_weights, views, weight_layout
+from .weight_channel import WeightChannel
 
-__all__ = ["ProcessEngine", "EngineError", "available_cpus"]
+__all__ = ["ProcessEngine", "EngineError"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2            # how often a waiting parent checks that the child is alive
-_ALIGN_BYTES = 64        # each weight starts on a cache line in the shared buffer
-_LOG_TAIL_LINES = 40
-_CLOSE_GRACE_S = 15.0       # vLLM's own shutdown takes ~3 s on the 2-core box
 DEFAULT_TRANSPORT = "shm"   # unless both ends are on CUDA; the tests switch it to run the broadcast path on gloo
 
 
@@ -124,7 +120,7 @@ class ProcessEngine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "engine_worker.log"
 
-        layout, numel = _layout(model, self.dtype)
+        layout, numel = weight_layout(model, self.dtype)
         self._layout = layout
         self._shm: SharedBuffer | None = None
         self._channel: WeightChannel | None = None
@@ -132,9 +128,9 @@ class ProcessEngine:
         if transport == "shm":
             self._shm = SharedBuffer(numel, self.dtype)
             flat = self._shm.tensor                                               # (numel,)
-            self._views = {name: flat[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
+            self._views = views(flat, layout)
             try:
-                self._copy_weights(model)
+                copy_weights(model, self._views)
             except BaseException:
                 self._shm.close()
                 raise
@@ -151,7 +147,7 @@ class ProcessEngine:
             env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
         package_root = str(Path(__file__).resolve().parents[2])       # the child imports this same rapid
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "rapid.engines._engine_worker", "--fd", str(child_sock.fileno()),
+        argv = [sys.executable, "-m", "rapid.engines.process.worker", "--fd", str(child_sock.fileno()),
                 "--parent-pid", str(os.getpid()), "--threads", str(threads)]
         try:
             with open(self.log_path, "ab") as log:
@@ -167,7 +163,7 @@ class ProcessEngine:
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn, self._shm, self._channel,
                                            self._tmpdir, self._pending)
 
-        base = _base_model(model)
+        base = hf_model(model)
         init = {"kind": kind, "config": config, "tokenizer": tokenizer, "threads": threads,
                 "model_config": base.config, "generation_config": getattr(base, "generation_config", None),
                 "attn_implementation": _cpu_attention(base.config),
@@ -267,7 +263,7 @@ class ProcessEngine:
         version = self._version + 1
         self._torn = True
         if self._channel is None:
-            self._copy_weights(model)                # into the buffer the child's parameters view (or copy in)
+            copy_weights(model, self._views)                # into the buffer the child's parameters view (or copy in)
             self._send(("load", version))
         else:
             self._send(("load", version))            # the child starts receiving; the broadcast follows
@@ -285,22 +281,6 @@ class ProcessEngine:
         self.last_sync_s = time.perf_counter() - start
         self._timings["timing_s/update_weights"] += self.last_sync_s
         return self._version
-
-    def _copy_weights(self, model: torch.nn.Module) -> None:
-        seen = 0
-        with torch.no_grad():
-            for name, tensor in hf_weights(model):      # FSDP2 shards arrive gathered, one at a time
-                view = self._views.get(name)
-                if view is None:
-                    raise EngineError(f"weight {name!r} is not in the engine's layout: the model's structure "
-                                      "changed since the engine started")
-                if tuple(tensor.shape) != tuple(view.shape):
-                    raise EngineError(f"weight {name!r} has shape {tuple(tensor.shape)}, the engine's is "
-                                      f"{tuple(view.shape)}")
-                view.copy_(tensor)                       # casts to the engine dtype and moves to host memory
-                seen += 1
-        if seen != len(self._views):
-            raise EngineError(f"the model yielded {seen} weights, the engine holds {len(self._views)}")
 
     # --- Engine protocol no-ops and bookkeeping -------------------------------------------------------------------
     def sleep(self) -> None:
@@ -412,83 +392,7 @@ class ProcessEngine:
         return EngineError(message)
 
 
-def available_cpus() -> int:
-    """Cores this process may run on (its affinity mask: taskset / cgroup cpusets), else ``os.cpu_count()``."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _physical_gpu(device: torch.device) -> str:
-    """The ``CUDA_VISIBLE_DEVICES`` entry of ``device`` (this process's numbering), for a child that sees only it."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return str(index)
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if index >= len(entries):
-        raise ValueError(f"CUDA device {index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
-    return entries[index]
-
-
-def _release(shm: SharedBuffer | None, channel: WeightChannel | None) -> None:
-    if shm is not None:
-        shm.close()
-    if channel is not None:
-        channel.close()
-
-
-def _layout(model: torch.nn.Module, dtype: torch.dtype) -> tuple[list[tuple[str, int, tuple[int, ...]]], int]:
-    """(name, element offset, shape) of each HF-named weight in the shared buffer, and the buffer's length."""
-    align = max(1, _ALIGN_BYTES // dtype.itemsize)
-    layout, offset = [], 0
-    for name, tensor in hf_weights(model):
-        shape = tuple(tensor.shape)                      # a DTensor reports its global shape
-        layout.append((name, offset, shape))
-        offset += -(-math.prod(shape) // align) * align
-    if not layout:
-        raise ValueError("model has no weights to share with the engine")
-    return layout, offset
-
-
 def _cpu_attention(model_config) -> str:
     """The trainer's attention implementation when it runs on CPU (eager / sdpa), else sdpa (flash-attn on CUDA)."""
     name = getattr(model_config, "_attn_implementation", None)
     return name if name in ("eager", "sdpa") else "sdpa"
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def _shutdown(proc: subprocess.Popen, conn: Connection, shm: SharedBuffer | None, channel: WeightChannel | None,
-              tmpdir: str | None, pending: dict) -> None:
-    """Stop and reap the child, then free the channel, the shared buffer and the temporary directory.
-
-    A weakref finalizer: runs on ``close()``, on garbage collection, or at interpreter exit, whichever is first.
-    With generations in flight nobody will collect, the child is terminated at once instead of asked to close.
-    """
-    if proc.poll() is None and pending:
-        proc.terminate()
-    if proc.poll() is None:
-        try:
-            conn.send_bytes(pickle.dumps(("close",)))
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=_CLOSE_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=_CLOSE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    conn.close()
-    _release(shm, channel)
-    if tmpdir is not None:
-        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import RapidConfig
+from ..config import RapidConfig
 
 TRAIN_PHASES = ("update_actor", "old_log_prob", "reward")
 

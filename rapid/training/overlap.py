@@ -18,28 +18,13 @@ trainer's at that step). Weights move once per rollout, into the engine's shared
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import time
 
+from ..config import RapidConfig
+from ..engines.base import EngineError
 from .buffer import RolloutBuffer
-from .config import RapidConfig
-from .engines.vllm import EngineError
 from .rollout import RolloutInfo, score_rows
-from .session import Pending
-
-
-@dataclasses.dataclass
-class Request:
-    """What a rollout will be: its prompts (this rank's share), sampling and mini-batch plan."""
-
-    rows: list[dict]
-    texts: list[str]
-    sampling: object
-    h: int
-    groups: list[int]
-    plan: list[list[int]]
-    num_groups: int
-    first_key: int = 0
+from .session import Pending, Request
 
 
 class Pipeline:
@@ -93,8 +78,7 @@ class Pipeline:
         self.profiler.add_tokens("gen", rollout.num_completion_tokens)
         buffer = RolloutBuffer(rollout, rewards, self.cfg.group_size)
         info = RolloutInfo(rows=request.rows, reward_stats=reward_stats)
-        return Pending(buffer=buffer, info=info, h=request.h, groups=request.groups, plan=request.plan,
-                       num_groups=request.num_groups, weights_step=self._weights_step, first_key=request.first_key)
+        return Pending.of(request, buffer, info, weights_step=self._weights_step)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import torch
 
-from .config import RapidConfig
-from .precision import cpu_gemm_peak
-from .profiling import Profiler
+from ..config import RapidConfig
+from ..observe.profiling import Profiler
+from ..precision import cpu_gemm_peak
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsSink:
-    """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.loggers."""
+    """``history`` (returned to the caller) + ``output_dir/metrics.jsonl`` (+ TensorBoard) via rapid.observe.loggers."""
 
     def __init__(self, out_dir: Path | None, cfg: RapidConfig, history: list[dict], tensorboard: bool,
                  wandb: bool = False, resume_rollout: int | None = None) -> None:
-        from .loggers import MetricsLogger, truncate_metrics
+        from ..observe.loggers import MetricsLogger, truncate_metrics
 
         self.history = history
         if out_dir is not None and resume_rollout is not None:
@@ -114,3 +114,53 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class SignalWatch:
+    """Warns when rollouts carry no learning signal (every group's samples got one reward, so every advantage is 0).
+
+    Never any signal since the start (a reward that never fires, a model that never succeeds): loudly after
+    ``WARN_AFTER`` rollouts, again every 10. After the run has learnt from some rollouts, a stretch without signal is
+    mostly a solved or saturated batch — normal for small rollouts (the demo's GRPG scores 2 groups per call) — so
+    it is warned once per stretch only when it spans ``STALL_GROUPS`` groups.
+    """
+
+    WARN_AFTER = 3
+    STALL_GROUPS = 256
+
+    def __init__(self, log, history: list[dict]) -> None:
+        self.log = log
+        self.seen = any(h.get("reward/std", 0) > 0 for h in history)      # resume: what the run saw before
+        self.rollouts = self.groups = 0
+
+    def update(self, no_signal: bool, groups: int, reward_mean: float) -> None:
+        if not no_signal:
+            self.seen, self.rollouts, self.groups = True, 0, 0
+            return
+        self.rollouts += 1
+        self.groups += groups
+        if not self.seen:
+            if self.rollouts == self.WARN_AFTER or self.rollouts % 10 == 0:
+                self._warn("in each of the first", reward_mean)
+        elif self.groups >= self.STALL_GROUPS and self.groups - groups < self.STALL_GROUPS:
+            self._warn("after earlier rollouts had signal, in each of the last", reward_mean)
+
+    def _warn(self, where: str, reward_mean: float) -> None:
+        self.log.warning(
+            "NO LEARNING SIGNAL: %s %d rollouts (%d groups) every group's samples got the same reward (reward/mean "
+            "%.3f), so every advantage is zero and the model does not change. Check the reward function on a few "
+            "completions (log_completions=8 writes them to completions.jsonl), raise temperature or group_size, or "
+            "start from a model that sometimes succeeds (the CLI's --model tiny is warm-started).",
+            where, self.rollouts, self.groups, reward_mean)
+
+
+def evaluated_at(history: list[dict], rollout: int) -> bool:
+    return bool(history) and history[-1].get("rollout") == rollout and any(k.startswith("eval/") for k in history[-1])
+
+
+def quietly(fn, what: str) -> None:
+    """Clean-up never masks the error that ended the run: its own failure is logged, not raised."""
+    try:
+        fn()
+    except Exception:                     # noqa: BLE001 — any clean-up failure is secondary to the run's outcome
+        logger.exception("clean-up failed while %s", what)

@@ -20,7 +20,7 @@ import torch
 import rapid_kernels
 from rapid_kernels import RapidLossOutput
 
-from .config import RapidConfig
+from ..config import RapidConfig
 
 
 @dataclass

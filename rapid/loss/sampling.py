@@ -23,16 +23,6 @@ import torch
 _MASK32 = 0xFFFFFFFF
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    """ValueError naming the field for a setting the trainer cannot reproduce."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
 def truncate(z: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """z (B, V) processed logits → the same with −inf outside the top-k / nucleus set (top-k first, as HF)."""
     if top_k and top_k < z.shape[-1]:

@@ -9,7 +9,7 @@ One optimizer step = one mini-batch of whole groups. Two ways to accumulate its 
   g_t = ∂L/∂log π(y_t) of the whole mini-batch's loss (``algorithms.token_coefficients``), and the backward runs
   over micro-batches of any size with those coefficients fixed. Costs one extra forward; equals the whole step.
 
-Data parallel (rapid.distributed): a mini-batch's groups are split across ranks (rapid.rollout.plan_rollout), the
+Data parallel (rapid.distributed): a mini-batch's groups are split across ranks (training.rollout.plan_rollout), the
 normaliser ``total`` is all-reduced, and each rank's loss is its share × world size because the wrapper averages
 gradients. Every rank runs the same number of forwards and backwards per phase (FSDP2 gathers parameters in each
 one; DDP needs one synchronised backward per step): ranks with fewer micro-batches add zero-weight ones.
@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from . import algorithms
-from .algorithms import PackedBatch
+from ..loss import algorithms
+from ..loss.algorithms import PackedBatch
 from .buffer import MicroBatch, RolloutBuffer
 from .policy import Policy
 
@@ -52,7 +52,6 @@ def update(policy: Policy, buffer: RolloutBuffer, plan: list[list[int]], start: 
             stats = two_phase_step(policy, buffer, micro, total, scale)
         else:
             stats = one_phase_step(policy, buffer, micro, total, scale)
-        stats["rapid/staleness"] = float(j)              # optimizer steps since the rollout's weights
         stats["rapid/split_groups"] = float(split)
         stats["rapid/skipped_groups"] = float(len(groups) - len(kept))
         step_stats.append(stats)

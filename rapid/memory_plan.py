@@ -1,14 +1,14 @@
 """ESTIMATED H100-80GB memory plan for full fine-tuning of Qwen2.5-1.5B / 0.5B with rapid next to colocated vLLM.
 
-    python -m benchmarks.memory.plan_h100                                   # both models, default budgets
-    python -m benchmarks.memory.plan_h100 --gpu-memory-utilization 0.3 --micro-batch-tokens 8192,16384
+    python -m rapid.memory_plan                                   # both models, default budgets
+    python -m rapid.memory_plan --gpu-memory-utilization 0.3 --micro-batch-tokens 8192,16384
 
 Nothing here is measured on a GPU: it is a cost model (every output is labelled ESTIMATE). The activation formula
 was checked on CPU against the bytes autograd really saves (``python -m benchmarks.memory.activations_cpu``: exact
 at the real layer shapes, see RESULTS.md) and ``tests/test_memory_plan.py`` pins the arithmetic.
 
 Where the bytes go (P = parameters; h hidden, q = heads·head_dim, kv = kv_heads·head_dim, i intermediate, L layers,
-V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights fp32 — rapid.policy):
+V vocabulary; the compute dtype is bf16 under ``torch.autocast``, master weights fp32 — rapid.training.policy):
 - persistent: fp32 master 4P + fp32 gradients 4P (from the first backward to ``optimizer.step``; freed by
   ``zero_grad(set_to_none=True)``) + AdamW's two fp32 moments 8P = **16 bytes/param**;
 - bf16 compute copies, 2 bytes per linear-layer weight: autocast casts each weight once per forward (its cache) and
@@ -155,7 +155,7 @@ def activation_bytes_per_token(s: ModelShape, gradient_checkpointing: bool) -> i
 
 def dz_budget_bytes() -> int:
     """The Triton backward's d-logits chunk bound, read from the kernel module so the plan follows the kernel."""
-    return int(importlib.import_module("rapid_kernels.linear_token_logprobs").DZ_BUDGET_BYTES)
+    return int(importlib.import_module("rapid_kernels._linear_token_logprobs").DZ_BUDGET_BYTES)
 
 
 def lm_head_fixed_bytes(s: ModelShape) -> int:
@@ -234,6 +234,63 @@ def hf_engine_max_num_seqs(s: ModelShape, prompt_tokens: int, max_new_tokens: in
 
 
 # ------------------------------------------------------------------------------------------------------ report
+# ---------------------------------------------------------------- checking the formula on CPU (autograd)
+def qwen2_config(s: ModelShape, layers: int | None = None, vocab: int | None = None):
+    """A transformers ``Qwen2Config`` with the shape ``s`` (optionally fewer layers / a smaller vocabulary)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=vocab or s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+                       num_hidden_layers=layers or s.layers, num_attention_heads=s.heads,
+                       num_key_value_heads=s.kv_heads, head_dim=s.head_dim, tie_word_embeddings=s.tied,
+                       max_position_embeddings=4096, rope_theta=10000.0)
+
+
+def qwen2_stack(s: ModelShape, layers: int, gradient_checkpointing: bool = False):
+    """transformers' ``Qwen2Model`` with shape ``s``, ``layers`` layers, a 1024-token vocabulary, seeded weights."""
+    import torch
+    from transformers import Qwen2Model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2Model(qwen2_config(s, layers, vocab=1024))
+    model.config._attn_implementation = "sdpa"
+    model.train()
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def saved_bytes(s: ModelShape, layers: int, tokens: int) -> int:
+    """Bytes autograd saves for backward in one bf16-autocast forward of ``layers`` layers over ``tokens`` tokens."""
+    import torch
+
+    model = qwen2_stack(s, layers)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 1024, (1, tokens), generator=torch.Generator().manual_seed(0))        # (1, T)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, position_ids=torch.arange(tokens)[None], use_cache=False)
+    return sum(storages.values())
+
+
+def slopes(measure, t1: int, t2: int, l1: int = 1, l2: int = 2) -> dict:
+    """Per-layer-per-token, outside-per-token and per-layer-constant parts from measure(layers, tokens) at two
+    depths and two lengths (bytes = constant·L + (per_layer·L + outside)·T + rest)."""
+    m = {(n, t): measure(n, t) for n in (l1, l2) for t in (t1, t2)}
+    per_layer = ((m[l2, t2] - m[l1, t2]) - (m[l2, t1] - m[l1, t1])) / ((t2 - t1) * (l2 - l1))
+    outside = (m[l1, t2] - m[l1, t1]) / (t2 - t1) - l1 * per_layer
+    constant = (m[l2, t1] - m[l1, t1]) / (l2 - l1) - t1 * per_layer
+    return dict(per_layer_per_token=per_layer, outside_per_token=outside, constant=constant, raw={
+        f"L{n}_T{t}": v for (n, t), v in m.items()})
+
+
 def _gib(n: float) -> str:
     return f"{n / GiB:7.2f}"
 

@@ -3,21 +3,20 @@
 A rollout holds G groups of K completions (completion i belongs to prompt i // K). The H mini-batches of a rollout
 are disjoint sets of whole groups, drawn by a seeded shuffle. A mini-batch is cut into micro-batches by
 ``plan_micro_batches``: whole groups while every group fits the token budget (``micro_batch_tokens``) and sequence
-cap (``micro_batch_size``), else single sequences — the update is then two-phase (rapid.update), because RAPID's
+cap (``micro_batch_size``), else single sequences — the update is then two-phase (training.update), because RAPID's
 weights and baseline couple the sequences of a group.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .algorithms import PackedBatch
-from .engines.base import Rollout
+from ..engines.base import Rollout
+from ..loss.algorithms import PackedBatch
 
 
 @dataclass
@@ -43,7 +42,7 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
     ``rows`` are the dataset rows of the rollout's prompts; their non-prompt columns are repeated per completion and
     passed to ``reward_fn`` as keyword lists.
     """
-    from .rewards import compute_rewards
+    from ..rewards import compute_rewards
 
     n = rollout.n
     prompts = [p for p in rollout.prompts for _ in range(n)]
@@ -52,9 +51,11 @@ def score(reward_fn: Callable, rollout: Rollout, rows: list[dict], num_workers: 
                                  timeout_s=timeout_s, should_stop=should_stop)
     rewards = [0.0 if r is None else float(r) for r in raw]
     # reward/errors counts every sample scored 0.0 for want of a reward: exceptions, timeouts, bad returns and
-    # None returned by reward_fn itself (broken down in reward/timeouts and reward/none).
+    # None returned by reward_fn itself (broken down in reward/timeouts and reward/none). The counters only: the
+    # rollout's reward mean / std (of the 0-filled rewards, every rank's) are Session.rollout_totals'.
     out = {"reward/errors": float(sum(r is None for r in raw))}
-    out.update({k: float(v) for k, v in stats.items() if k.startswith("reward/") and k != "reward/errors"})
+    out.update({k: float(v) for k, v in stats.items()
+                if k.startswith("reward/") and k not in ("reward/errors", "reward/mean", "reward/std")})
     return rewards, out
 
 
@@ -101,15 +102,6 @@ class RolloutBuffer:
 
     def set_behavior(self, logprobs: list[torch.Tensor]) -> None:
         self.behavior = [lp.detach().float().cpu() for lp in logprobs]
-
-    def minibatches(self, num_steps: int, seed: int) -> list[list[int]]:
-        """``num_steps`` disjoint lists of group indices, after a seeded shuffle of the groups."""
-        if self.num_groups % num_steps:
-            raise ValueError(f"{self.num_groups} groups cannot be split into {num_steps} equal mini-batches")
-        order = list(range(self.num_groups))
-        random.Random(seed).shuffle(order)
-        per = self.num_groups // num_steps
-        return [order[i * per:(i + 1) * per] for i in range(num_steps)]
 
     def zero_variance(self, group: int) -> bool:
         """All K rewards of the group are equal (no learning signal on-policy)."""

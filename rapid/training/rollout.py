@@ -13,9 +13,10 @@ import random
 import statistics
 from dataclasses import dataclass
 
+from ..config import RapidConfig
+from ..engines import SamplingConfig
+from ..loss.seeds import eval_seed, rollout_seed
 from .buffer import RolloutBuffer, score
-from .config import RapidConfig
-from .engines import SamplingConfig
 
 
 @dataclass
@@ -32,7 +33,7 @@ def rollout_sampling(cfg: RapidConfig, rollout_index: int, first_key: int, num_p
     rollout (``groups``, default all ``num_prompts``) is keyed by its global position ``first_key + g``."""
     groups = list(range(num_prompts or 0)) if groups is None else groups
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + rollout_index,
+                          top_p=cfg.top_p, seed=rollout_seed(cfg.seed, rollout_index),
                           stop=tuple(cfg.stop) if cfg.stop else None,
                           prompt_keys=tuple(first_key + g for g in groups))
 
@@ -111,17 +112,12 @@ def score_rows(reward_fn, cfg: RapidConfig, rollout, rows: list[dict], should_st
                  should_stop)
 
 
-def rollout_metrics(buffer: RolloutBuffer, info: RolloutInfo, step_stats: list[dict[str, float]]) -> dict:
-    """Reward, length and per-step diagnostics of one rollout (timings come from the profiler)."""
-    rollout, rewards = buffer.rollout, buffer.rewards
-    lengths = [len(c) for c in rollout.completion_ids]
+def rollout_metrics(info: RolloutInfo, step_stats: list[dict[str, float]]) -> dict:
+    """This rank's reward-scoring counters and per-step diagnostics of one rollout (timings come from the profiler;
+    the whole rollout's reward and length statistics, over every rank, from ``Session.rollout_totals``)."""
     metrics = {
         **info.reward_stats,                                    # errors, timeouts (the mean is of the 0-filled)
         "rapid/steps": float(len(step_stats)),
-        "reward/mean": statistics.fmean(rewards), "reward/std": statistics.pstdev(rewards),
-        "response_length/mean": statistics.fmean(lengths),
-        "response_length/max": float(max(lengths)),
-        "response_length/clip_ratio": 1.0 - statistics.fmean(float(f) for f in rollout.finished),
     }
     keys = list(dict.fromkeys(k for s in step_stats for k in s))
     for key in keys:
@@ -157,7 +153,7 @@ def eval_records(engine, model, rows: list[dict], texts: list[str], reward_fn, c
     sampled = None
     if cfg.eval_samples:
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                  top_p=cfg.top_p, seed=cfg.seed * 1_000_003 - 1, stop=stop,
+                                  top_p=cfg.top_p, seed=eval_seed(cfg.seed), stop=stop,
                                   prompt_keys=tuple(hash_key(row) for row in rows))
         sampled = engine.generate(texts, cfg.eval_samples, sampling)
     engine.sleep()
@@ -177,7 +173,7 @@ def eval_records(engine, model, rows: list[dict], texts: list[str], reward_fn, c
 
 def eval_metrics(records: list[dict], n: int) -> dict:
     """eval/reward (greedy), eval/response_length and, with n samples per prompt, eval/mean@n and eval/pass@k."""
-    from .rewards import pass_at_k
+    from ..rewards import pass_at_k
 
     if not records:
         return {}

@@ -21,12 +21,12 @@ import torch
 
 import rapid_kernels
 
-from . import algorithms, sampling
-from .algorithms import LossResult
-from .config import RapidConfig
-from .distributed import Dist, full_tensor, no_sync, parallelize
-from .forward import check_packing, check_sharing, completion_hidden, model_parts
-from .precision import auto_dtype
+from ..loss import algorithms, sampling
+from ..loss.algorithms import LossResult
+from ..config import RapidConfig
+from ..distributed import Dist, full_tensor, no_sync, parallelize
+from ..loss.forward import check_packing, check_sharing, completion_hidden, model_parts
+from ..precision import auto_dtype
 
 
 def resolve_dtype(cfg: RapidConfig, device: torch.device) -> torch.dtype:

@@ -16,7 +16,7 @@ this is about half the tokens of a packed forward; ``sharing_pays`` picks it by 
 equals the packed forward to fp32 noise, gradients included (tests/trainer/test_forward.py).
 
 The hidden states (N, D) of the positions predicting the N completion tokens go with the lm_head weight to the
-fused kernels (rapid.policy.PolicyLoss); a soft-capped head is fused too (the kernels take ``softcap``). Only a head
+fused kernels (rapid.training.policy.PolicyLoss); a soft-capped head is fused too (``softcap``). Only a head
 that is not a plain linear layer takes the logits path: lm_head → ``rapid_kernels.token_logprobs``.
 """
 

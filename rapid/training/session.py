@@ -19,10 +19,26 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from .. import checkpoint
+from ..distributed import Dist
+from ..engines.weights import merged_copy
+from ..loss import seeds
 from .buffer import RolloutBuffer
-from .distributed import Dist
 from .rollout import RolloutInfo, merge_rollouts, plan_rollout, subset_rollout
+
+
+@dataclasses.dataclass
+class Request:
+    """What a rollout will be: its prompts (this rank's share), sampling and mini-batch plan."""
+
+    rows: list[dict]
+    texts: list[str]
+    sampling: object
+    h: int
+    groups: list[int]
+    plan: list[list[int]]
+    num_groups: int
+    first_key: int = 0
 
 
 @dataclasses.dataclass
@@ -40,6 +56,12 @@ class Pending:
     next_step: int = 0
     step_stats: list = dataclasses.field(default_factory=list)
     tokens: int = 0
+
+    @classmethod
+    def of(cls, request: Request, buffer: RolloutBuffer, info: RolloutInfo, weights_step: int) -> Pending:
+        """The generated and scored ``request``, sampled from the weights of global step ``weights_step``."""
+        return cls(buffer=buffer, info=info, h=request.h, groups=request.groups, plan=request.plan,
+                   num_groups=request.num_groups, weights_step=weights_step, first_key=request.first_key)
 
 
 class Session:
@@ -123,7 +145,7 @@ class Session:
         return None
 
     def minibatch_seed(self, rollout: int) -> int:
-        return self.cfg.seed * 7_919 + rollout
+        return seeds.minibatch_seed(self.cfg.seed, rollout)
 
     # ---- metrics across ranks ------------------------------------------------------------------------------------
     def rollout_totals(self, buffer: RolloutBuffer) -> dict[str, float]:
@@ -153,9 +175,4 @@ def share(items: list, dist: Dist) -> list:
 def engine_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A full, unsharded copy of the model for an in-process HF engine under FSDP2 (generation must not run the
     sharded training model: ranks stop at different lengths, and its forward gathers collectively)."""
-    import copy
-
-    replica = copy.deepcopy(model)
-    if hasattr(replica, "merge_and_unload"):          # LoRA: the engine runs merged weights under plain HF names
-        replica = replica.merge_and_unload()
-    return replica.eval().requires_grad_(False)
+    return merged_copy(model).eval().requires_grad_(False)   # LoRA: the engine runs merged weights, plain HF names

@@ -1,6 +1,6 @@
-"""The generation process behind ``rapid.engines.remote.ProcessEngine``.
+"""The generation process behind ``rapid.engines.process.client.ProcessEngine``.
 
-Started as ``python -m rapid.engines._engine_worker --fd FD --parent-pid PID --threads T`` (never through
+Started as ``python -m rapid.engines.process.worker --fd FD --parent-pid PID --threads T`` (never through
 ``multiprocessing``'s spawn, which would re-import the user's ``__main__``). It talks to its parent over one end of
 a ``socket.socketpair`` (FD, inherited through ``pass_fds``): a private channel no other process can connect to, so
 it needs no address and no authkey. Messages are ``pickle`` bytes (``Connection.send_bytes``): plain pickle, never
@@ -15,11 +15,11 @@ Protocol (parent → child, one reply each except ``fault``):
     ("close",)                        → the child closes its engine and exits 0
 
 The child's model is built from the trainer model's config in the engine dtype. On CPU with shared memory each of
-its parameters is a view of one buffer (``SharedBuffer``, created by the parent) that the parent writes
+its parameters is a view of one buffer (``shared_weights.SharedBuffer``, created by the parent) that the parent writes
 (``ProcessEngine.sync_weights``), so for HF a weight update costs the parent's one copy and nothing here; vLLM
 copies the views into its own parameters on ``load``. On a GPU (its own: ``CUDA_VISIBLE_DEVICES`` names it alone)
 the parameters live on ``cuda:0`` and ``load`` fills them from the views or, with ``transport="broadcast"``, from
-the weight group (``_weight_channel``: joined right after ``init``, version 0 received before ``ready``).
+the weight group (``weight_channel``: joined right after ``init``, version 0 received before ``ready``).
 
 The child exits by itself when the parent dies: EOF on the channel, or (when a fork of the parent still holds the
 channel open, or the child is busy generating) a watcher thread that sees its parent pid change. SIGINT is ignored:
@@ -36,7 +36,6 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -68,43 +67,6 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rapid-engine-parent-watch", daemon=True).start()
 
 
-class SharedBuffer:
-    """The parent's side of the shared weights: ``numel`` elements of ``dtype`` in memory both processes map (the
-    child opens ``path`` with ``torch.from_file(..., shared=True)``): a memfd (Linux; passed to the child as an
-    inherited fd, never visible in /dev/shm, so nothing can leak) or a temporary file in /dev/shm (elsewhere),
-    unlinked once the child has mapped it."""
-
-    def __init__(self, numel: int, dtype) -> None:
-        import torch
-
-        nbytes = numel * dtype.itemsize
-        self.fds: tuple[int, ...] = ()
-        self._file: str | None = None
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("rapid-engine-weights")
-            os.ftruncate(fd, nbytes)
-            self.fds, self.path = (fd,), f"/proc/self/fd/{fd}"    # the child inherits fd under the same number
-        else:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            handle, self._file = tempfile.mkstemp(prefix="rapid-engine-weights-", dir=shm)
-            os.ftruncate(handle, nbytes)
-            os.close(handle)
-            self.path = self._file
-        self.tensor = torch.from_file(self.path, shared=True, size=numel, dtype=dtype)   # (numel,)
-
-    def attached(self) -> None:
-        """The child has mapped the buffer: its name is no longer needed."""
-        if self._file is not None:
-            os.unlink(self._file)
-            self._file = None
-
-    def close(self) -> None:
-        self.attached()
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = ()
-
-
 class _Worker:
     """Holds the child model (views of the shared weights) and the inner engine; serves the parent's requests."""
 
@@ -112,7 +74,7 @@ class _Worker:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from . import make_engine
+        from .. import make_engine
 
         torch.set_num_threads(init["threads"])
         self.dtype = dtype = getattr(torch, init["dtype"])
@@ -121,7 +83,7 @@ class _Worker:
         start = time.perf_counter()
         self.channel = None
         if init["channel"] is not None:          # joined first: the parent blocks in the join until we do
-            from ._weight_channel import WeightChannel
+            from .weight_channel import WeightChannel
 
             spec = init["channel"]
             self.channel = WeightChannel(spec["host"], spec["port"], 1, spec["device"], spec["timeout_s"])

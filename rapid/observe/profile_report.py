@@ -1,4 +1,4 @@
-"""Reports from a ``profile.json`` (schema ``rapid.profile/1``, written by ``rapid.profiling.Profiler``).
+"""Reports from a ``profile.json`` (schema ``rapid.profile/1``, written by ``rapid.observe.profiling.Profiler``).
 
 - ``summary_table(profile)``: a fixed-width text table, one row per phase (time, share of wall, tokens/s, MFU,
   mean utilisation and peak memory of the samples taken in that phase); phases of another lane are marked
@@ -88,35 +88,6 @@ def lanes_section(train: list, lanes: dict[str, list], running: dict[str, tuple[
     overlap["busy_s"] = {TRAIN_LANE: overlap["busy_s"][TRAIN_LANE], "+".join(lanes): overlap["busy_s"]["other"]}
     return {"lanes": {lane: [[name, a - t0, b - t0] for name, a, b in events] for lane, events in lanes.items()},
             "overlap": overlap}
-
-
-def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """One rollout's metrics for the whole job from each rank's ``Profiler.end_rollout()`` dict.
-
-    A synchronous job runs at its slowest rank: ``timing_s/*`` and ``perf/max_memory_allocated_gb`` take the max.
-    Rates are recombined from each rank's own time: ``perf/throughput`` = Σ tokens_r / max step time,
-    ``perf/tokens_per_s/<p>`` likewise over ``timing_s/<p>``, ``perf/mfu/actor|gen`` = Σ FLOPs_r / (max time ·
-    ranks · peak). Any other number is the mean over the ranks that report it.
-    """
-    if not per_rank:
-        raise ValueError("per_rank must hold at least one rank's metrics")
-    time_of = {"perf/throughput": "timing_s/step", "perf/mfu/actor": "timing_s/update_actor",
-               "perf/mfu/gen": "timing_s/gen"}
-    merged: dict[str, float] = {}
-    for key in dict.fromkeys(k for metrics in per_rank for k in metrics):
-        values = [m for m in per_rank if key in m]
-        if key.startswith("timing_s/") or key == "perf/max_memory_allocated_gb":
-            merged[key] = max(m[key] for m in values)
-            continue
-        time_key = time_of.get(key) or (f"timing_s/{key.rsplit('/', 1)[1]}" if key.startswith("perf/tokens_per_s/")
-                                        else None)
-        if time_key is not None and all(m.get(time_key) for m in values):
-            slowest = max(m[time_key] for m in values)
-            total = sum(m[key] * m[time_key] for m in values) / slowest   # Σ work / slowest time
-            merged[key] = total / len(per_rank) if key.startswith("perf/mfu/") else total
-        else:
-            merged[key] = sum(m[key] for m in values) / len(values)
-    return merged
 
 
 def _fmt(value: float | None, spec: str) -> str:
