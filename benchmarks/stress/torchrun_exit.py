@@ -15,7 +15,8 @@ A run fails when torchrun exits non-zero (a rank aborted, e.g. ``terminate calle
 SIGABRT, or raised) or does not finish within ``--timeout`` (a hang at exit; killed, exit code reported as
 "timeout"). Runs alternate between the variants so drifting machine load hits both. Prints, per failure, its
 notable lines (the abort message, torchrun's exit codes) and the tail of its output, then one summary line and one
-JSON line: N, failures, exit codes and seconds per variant. Exits 1 when any run failed.
+JSON line: N, failures, exit codes, seconds per variant, and in how many runs the process group's threads were
+still alive at the end of the script (the deterministic precondition of the abort). Exits 1 when any run failed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def worker(variant: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    group_threads = _watch_group_threads(dist)
     if variant == "user":
         dist.init_process_group("gloo")
     import rapid
@@ -64,6 +66,32 @@ def worker(variant: str) -> None:
         print(f"rank {os.environ.get('RANK')}: reward/mean {mean:.3f}, weight sums {gathered}", flush=True)
     else:
         print(f"rank {os.environ.get('RANK')}: reward/mean {mean:.3f}", flush=True)
+    alive = group_threads & _os_threads()
+    print(f"rank {os.environ.get('RANK')}: group threads alive at exit {len(alive)}/{len(group_threads)}", flush=True)
+
+
+def _os_threads() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+def _watch_group_threads(dist) -> set[int]:
+    """The OS threads ``init_process_group`` starts (gloo's workers and its loop), whoever calls it: a diagnostic.
+    Still alive at the end of the script, the group outlived ``destroy_process_group`` into interpreter shutdown,
+    where the abort can happen (it needs a worker busy at that moment, so most such runs still exit 0)."""
+    started: set[int] = set()
+    original = dist.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        before = _os_threads()
+        original(*args, **kwargs)
+        started.update(_os_threads() - before)
+    dist.init_process_group = init_process_group
+    return started
+
+
+def group_alive_at_exit(out: str) -> bool:
+    """Whether a rank reported its group's threads alive at the end of the script (see _watch_group_threads)."""
+    return any(int(m.group(1)) > 0 for m in re.finditer(r"group threads alive at exit (\d+)/\d+", out))
 
 
 def run_job(variant: str, timeout: float) -> tuple[str, float, str]:
@@ -100,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--variants must name user and/or rapid, got {args.variants!r}")
     codes: dict[str, collections.Counter] = {v: collections.Counter() for v in variants}
     seconds: dict[str, float] = dict.fromkeys(variants, 0.0)
+    at_risk: dict[str, int] = dict.fromkeys(variants, 0)
     for i in range(args.runs):
         for variant in variants:
             code, took, out = run_job(variant, args.timeout)
             codes[variant][code] += 1
             seconds[variant] += took
+            at_risk[variant] += group_alive_at_exit(out)
             if code != "0":
                 lines = out.splitlines()
                 notable = [line for line in lines[:-12] if NOTABLE.search(line)]
@@ -112,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- run {i + 1} variant {variant}: exit {code} after {took:.1f} s; output:\n{tail}\n---",
                       flush=True)
     summary = {v: {"runs": args.runs, "failures": sum(n for c, n in codes[v].items() if c != "0"),
-                   "exit_codes": dict(sorted(codes[v].items())), "seconds": round(seconds[v], 1)}
+                   "exit_codes": dict(sorted(codes[v].items())), "group_alive_at_exit": at_risk[v],
+                   "seconds": round(seconds[v], 1)}
                for v in variants}
     print("torchrun_exit: " + "; ".join(
-        f"{v}: {s['failures']}/{s['runs']} failed, exit codes {s['exit_codes']}, {s['seconds']:.0f} s"
-        for v, s in summary.items()))
+        f"{v}: {s['failures']}/{s['runs']} failed, exit codes {s['exit_codes']}, group threads alive at exit in "
+        f"{s['group_alive_at_exit']}, {s['seconds']:.0f} s" for v, s in summary.items()))
     print(json.dumps({"benchmark": "torchrun_exit", "nproc_per_node": 2, "variants": summary}))
     return 1 if any(s["failures"] for s in summary.values()) else 0
 
