@@ -33,6 +33,8 @@ import logging
 import math
 import os
 import re
+import sys
+import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -87,6 +89,7 @@ class Dist:
     timeout_s: float = 1800.0
     monitor_group: Any = None                   # gloo group for barriers and object collectives
     owns_group: bool = False                    # this Dist created the default group and destroys it on close()
+    owns_monitor: bool = False                  # monitor_group is a side group this Dist made (nccl): close() ends it
     _barriers: int = 0
 
     @property
@@ -237,10 +240,53 @@ class Dist:
         raise ValueError("config differs across ranks: " + "; ".join(lines))
 
     def close(self) -> None:
-        """Destroy the process group if this Dist created it (a group the caller made is the caller's)."""
+        """Destroy the process group if this Dist created it (a group the caller made is the caller's, but the
+        references torch's modules took to it while rapid imported them are dropped, so that the caller's own
+        ``destroy_process_group()`` frees it: :func:`drop_group_defaults`). A gloo side group this Dist made is
+        destroyed in either case: rapid's groups never outlive ``rapid.train``."""
+        monitor, self.monitor_group = self.monitor_group, None
+        if self.owns_monitor and monitor is not None and tdist.is_initialized():
+            with contextlib.suppress(ValueError):       # the caller destroyed every group already
+                tdist.destroy_process_group(monitor)
+        self.owns_monitor = False
+        if self.active:
+            drop_group_defaults()
         if self.owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
         self.backend, self.owns_group = None, False
+
+
+def drop_group_defaults() -> int:
+    """Replace the process groups that loaded ``torch.distributed`` modules hold as default arguments with None.
+
+    ``torch.distributed.nn.functional`` declares ``group=group.WORLD`` in ten signatures, and ``rapid.trainer``
+    imports it (through ``torch.distributed.checkpoint``): imported while a default group exists — a group the user
+    made before calling ``rapid.train`` — the group object is stored in those ``__defaults__`` for the life of the
+    process. ``destroy_process_group()`` then only unregisters it: the ProcessGroupGloo and its worker threads live
+    into interpreter shutdown, where a worker that frees the last collective's tensors (their Python objects need
+    the GIL) is ended by the finalizing interpreter inside a noexcept destructor — ``terminate called without an
+    active exception``, SIGABRT at exit. None is what these functions pass on to mean the default group (resolved
+    at call time), so calls keep their meaning. Returns how many defaults were replaced."""
+    replaced = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("torch.distributed") or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            # type() only: some module attributes warn on any attribute access (torch.distributed.reduce_op)
+            if not (type(obj) is types.FunctionType or issubclass(type(obj), type)) or obj.__module__ != name:
+                continue                                    # defined elsewhere: seen under its own module
+            for fn in [obj, *vars(obj).values()] if issubclass(type(obj), type) else [obj]:
+                fn = fn.__func__ if type(fn) in (staticmethod, classmethod) else fn
+                if type(fn) is not types.FunctionType:
+                    continue
+                if fn.__defaults__ and any(isinstance(d, tdist.ProcessGroup) for d in fn.__defaults__):
+                    replaced += sum(isinstance(d, tdist.ProcessGroup) for d in fn.__defaults__)
+                    fn.__defaults__ = tuple(None if isinstance(d, tdist.ProcessGroup) else d for d in fn.__defaults__)
+                pinned = [k for k, d in (fn.__kwdefaults__ or {}).items() if isinstance(d, tdist.ProcessGroup)]
+                for key in pinned:
+                    fn.__kwdefaults__[key] = None
+                replaced += len(pinned)
+    return replaced
 
 
 def _default_store():
@@ -298,9 +344,11 @@ def init_distributed(timeout_s: float = 1800.0) -> Dist:
     else:
         return Dist(timeout_s=float(timeout_s))
     device = torch.device("cuda", local_rank) if "nccl" in backend else torch.device("cpu")
-    monitor = tdist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else tdist.group.WORLD
+    side = backend != "gloo"
+    monitor = tdist.new_group(backend="gloo", timeout=timeout) if side else tdist.group.WORLD
     found = Dist(rank=tdist.get_rank(), world_size=tdist.get_world_size(), local_rank=local_rank, device=device,
-                 backend=backend, timeout_s=float(timeout_s), monitor_group=monitor, owns_group=owns)
+                 backend=backend, timeout_s=float(timeout_s), monitor_group=monitor, owns_group=owns,
+                 owns_monitor=side)
     main_logger(__name__).info("distributed: world size %d, backend %s (+gloo monitor), timeout %g s",
                                found.world_size, backend, timeout_s)
     return found

@@ -38,6 +38,7 @@ from .distributed import Dist, check_parallel, init_distributed, main_logger
 from .models import chat_template_decision, check_output_dir, context_length, load_tokenizer, resolve_model_arg
 from .output_dir import check_resume_config, holds_a_run
 from .training.loop import Inputs, Training, TrainResult
+from .training.metrics import quietly
 from .training.rollout import evaluate_rewards
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,11 @@ def train(model, dataset, reward_fn, config: RapidConfig | None = None, tokenize
     if not isinstance(cfg, RapidConfig):
         raise ValueError(f"config must be a RapidConfig, got {type(cfg).__name__}")
     inputs = check_inputs(model, dataset, reward_fn, cfg, tokenizer, eval_dataset, eval_fn)      # 1. check
-    dist, last = join(cfg, inputs)
     with contextlib.ExitStack() as cleanup:
+        # the group's release comes first, so it runs last, also when a check in join() fails (config mismatch)
+        dist = init_distributed(cfg.dist_timeout_s)
+        cleanup.callback(quietly, dist.close, "closing the process group")
+        last = join(cfg, inputs, dist)
         training = Training(cfg, inputs, dist, last, peft_config, cleanup)                          # 2. build
         training.loop()                                                                             # 3. loop
         return training.finish()                                                                    # 4. finish
@@ -128,10 +132,9 @@ def check_inputs(model, dataset, reward_fn, cfg: RapidConfig, tokenizer, eval_da
                   eval_texts=eval_texts, eval_fn=eval_fn, out_dir=out_dir)
 
 
-def join(cfg: RapidConfig, inputs: Inputs) -> tuple[Dist, Path | None]:
-    """The process group (torchrun) and the checks that need it: batch sizes per rank, one config on every rank,
-    the checkpoint to resume and its config, a reward that runs."""
-    dist = init_distributed(cfg.dist_timeout_s)
+def join(cfg: RapidConfig, inputs: Inputs, dist: Dist) -> Path | None:
+    """The checks that need the process group (``init_distributed``): batch sizes per rank, one config on every
+    rank, the checkpoint to resume and its config, a reward that runs. Returns the checkpoint to resume."""
     if cfg.prompts_per_step % dist.world_size:
         raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be divisible by the world size "
                          f"({dist.world_size}): batch sizes are global and each rank trains on an equal share")
@@ -142,4 +145,4 @@ def join(cfg: RapidConfig, inputs: Inputs) -> tuple[Dist, Path | None]:
         check_resume_config(cfg, last)
     data.probe_reward(inputs.reward_fn, inputs.rows, cfg.reward_timeout_s)
     log.info("rapid config: %s", json.dumps(cfg.to_dict(), default=str))
-    return dist, last
+    return last

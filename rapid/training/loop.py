@@ -88,8 +88,8 @@ class Training:
         self.engine_model = engine_copy(model) if self.sharded else model   # HF engine under FSDP2: a full copy
         self.policy = Policy(model, cfg, device, total_steps=cfg.num_rollouts * cfg.steps_per_rollout, dist=dist)
         main = dist.is_main
-        cleanup.callback(quietly, dist.close, "closing the process group")
-        cleanup.callback(quietly, self.policy.release, "releasing the data-parallel wrapper")   # before dist.close
+        # before dist.close, which the caller registered first
+        cleanup.callback(quietly, self.policy.release, "releasing the data-parallel wrapper")
         workdir = out_dir / f"engine-rank{dist.rank}" if out_dir is not None and dist.active else out_dir
         if cfg.overlap:
             self.engine = start_engine_process(cfg, self.engine_model, inputs.tokenizer, workdir,
