@@ -45,7 +45,7 @@ DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
 
 def _module(name: str):
-    return importlib.import_module(f"rapid_kernels.{name}")
+    return importlib.import_module(f"rapid_kernels._{name}")          # the Triton files: _token_logprobs.py, ...
 
 
 def _jit(kernel):

@@ -22,8 +22,8 @@ def test_every_triton_kernel_compiles_for_sm90(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.compile_sm90", "--jobs", "2"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and summary["spills"] == 0
     assert summary["kernels"] >= 40
     assert 0 < summary["max_shared_bytes"] <= 232_448
