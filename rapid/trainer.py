@@ -34,8 +34,9 @@ from pathlib import Path
 
 from . import checkpoint, data
 from .config import RapidConfig
-from .distributed import Dist, check_parallel, init_distributed, main_logger
+from .distributed import Dist, init_distributed, main_logger
 from .models import chat_template_decision, check_output_dir, context_length, load_tokenizer, resolve_model_arg
+from .parallel import check_parallel
 from .output_dir import check_resume_config, holds_a_run
 from .training.loop import Inputs, Training, TrainResult
 from .training.metrics import quietly

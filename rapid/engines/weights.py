@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..distributed import full_tensor
+from ..parallel import full_tensor
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.")   # DDP, compile, activation ckpt
 

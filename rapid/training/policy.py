@@ -24,7 +24,8 @@ import rapid_kernels
 from ..loss import algorithms, sampling
 from ..loss.algorithms import LossResult
 from ..config import RapidConfig
-from ..distributed import Dist, full_tensor, no_sync, parallelize
+from ..distributed import Dist
+from ..parallel import full_tensor, no_sync, parallelize
 from ..loss.forward import check_packing, check_sharing, completion_hidden, model_parts
 from ..precision import auto_dtype
 

@@ -12,7 +12,8 @@ import torch
 
 from rapid import checkpoint
 from rapid.loss import seeds
-from rapid.distributed import full_tensor, init_distributed, parallelize
+from rapid.distributed import init_distributed
+from rapid.parallel import full_tensor, parallelize
 
 from .launch import run_ranks
 from .test_parallel import SeqLoss, _data, tiny_model

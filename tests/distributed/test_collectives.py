@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed
 
-from rapid import distributed
+from rapid import parallel
 from rapid.distributed import Dist, RankFailureError, init_distributed, main_logger
 
 from .launch import run_ranks
@@ -117,18 +117,18 @@ def test_bad_arguments_are_named(monkeypatch):
     with pytest.raises(ValueError, match="MASTER_ADDR"):
         init_distributed()
     with pytest.raises(ValueError, match="parallel must be"):
-        distributed.check_parallel("zero3")
+        parallel.check_parallel("zero3")
 
 
 def test_wrappers_at_world_size_one_and_bad_modules(monkeypatch):
     module = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    assert distributed.parallelize(module, "ddp", torch.bfloat16, torch.device("cpu")) is module
-    with distributed.no_sync(module):                     # no wrapper: a no-op
+    assert parallel.parallelize(module, "ddp", torch.bfloat16, torch.device("cpu")) is module
+    with parallel.no_sync(module):                     # no wrapper: a no-op
         module(torch.ones(1, 3)).sum().backward()
     assert module[0].weight.grad is not None
     with pytest.raises(ValueError, match=r"fp32 master weights, but 0.weight is torch.bfloat16"):
-        distributed.parallelize(torch.nn.Sequential(torch.nn.Linear(3, 2).bfloat16()), "fsdp", torch.bfloat16,
+        parallel.parallelize(torch.nn.Sequential(torch.nn.Linear(3, 2).bfloat16()), "fsdp", torch.bfloat16,
                                 torch.device("cpu"))
-    monkeypatch.setattr(distributed, "_fsdp2", lambda: None)
+    monkeypatch.setattr(parallel, "_fsdp2", lambda: None)
     with pytest.raises(ValueError, match=r"parallel='fsdp' needs FSDP2"):
-        distributed.parallelize(module, "fsdp", torch.float32, torch.device("cpu"))
+        parallel.parallelize(module, "fsdp", torch.float32, torch.device("cpu"))

@@ -26,7 +26,7 @@ def _needs_two_gpus():
 
 def _train(log_dir: str, overrides: dict):
     import rapid
-    from rapid.distributed import full_tensor
+    from rapid.parallel import full_tensor
     from rapid.tiny import build_tiny
 
     rank = int(os.environ.get("RANK", 0))

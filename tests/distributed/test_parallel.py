@@ -9,7 +9,8 @@ import functools
 import pytest
 import torch
 
-from rapid.distributed import full_tensor, init_distributed, no_sync, parallelize
+from rapid.distributed import init_distributed
+from rapid.parallel import full_tensor, no_sync, parallelize
 from rapid.tiny import build_tiny
 
 from .launch import run_ranks

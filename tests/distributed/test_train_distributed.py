@@ -36,7 +36,7 @@ def _reward_log(path):
 def _train(log_dir: str, overrides: dict):
     """One rank (or the single process): train, return per-step full gradients, final weights, history."""
     import rapid
-    from rapid.distributed import full_tensor
+    from rapid.parallel import full_tensor
     from rapid.training.policy import Policy
     from rapid.tiny import build_tiny
 
